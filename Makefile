@@ -1,0 +1,50 @@
+# heatjob: `make precompute` runs the job specs in jobs/, `make test` runs every test.
+# Both set up .venv from scratch first (Python 3.11+, nothing else needed).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HEATJOB := $(VENV)/bin/heatjob
+# torch comes first and pinned, so that no later install pulls another build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+JOBS ?= jobs/demo.toml
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint bench precompute demo-model clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check heatjob tests bench scripts
+
+bench: install
+	$(PY) bench/run.py --out bench/results
+
+# Each job: submit (resumes a partial store), then merge with a JSON report beside the store.
+precompute: install
+	@set -e; for job in $(JOBS); do \
+		store=$$($(PY) -m heatjob.spec store-path $$job); \
+		echo "== $$job -> $$store"; \
+		$(HEATJOB) submit $$job; \
+		$(HEATJOB) merge $$store --json $$store.metrics.json; \
+	done
+
+# Retrain the demo model that jobs/demo.toml uses (the repo ships the result).
+demo-model: install
+	$(PY) scripts/train_demo_model.py --out models/small_cnn_shapes.pt
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

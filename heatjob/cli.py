@@ -1,0 +1,157 @@
+"""The `heatjob` command line: submit, merge, status, composites.
+
+Errors a user can fix print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from heatjob.errors import HeatjobError
+
+app = typer.Typer(
+    help="LRP heatmaps for whole image data sets: shard over Ray, store in Zarr, score.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable)
+
+
+def user_errors(command: F) -> F:
+    """Turn HeatjobError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except HeatjobError as exc:
+            typer.echo(f"heatjob: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("heatjob: interrupted; run the same command again to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def submit(
+    spec: Annotated[Path, typer.Argument(help="The job spec (TOML).", show_default=False)],
+    store: Annotated[
+        str | None, typer.Option(help="Store path; overrides [store] path.", show_default=False)
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=0, help="Explain only the first N samples; overrides [dataset] limit."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Number of Ray workers; overrides [run] workers (0 = auto)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Delete an existing store and start over.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Plan the job, shard it over Ray workers, write heatmaps into the store.
+
+    Running it again on a partial store does only the units that are missing.
+    """
+    from heatjob.spec import load_spec
+    from heatjob.submit import apply_options
+    from heatjob.submit import submit as run_submit
+
+    job = apply_options(load_spec(spec), store=store, limit=limit, workers=workers)
+    summary = run_submit(job, address=address, overwrite=overwrite, progress=not quiet)
+    if summary.units_run == 0:
+        typer.echo(f"{summary.store}: all {summary.units_total} units already done")
+        return
+    rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    typer.echo(
+        f"{summary.store}: {summary.units_run} of {summary.units_total} units written, "
+        f"{summary.rows} rows x {len(job.attribution.composites)} composites "
+        f"in {summary.seconds:.1f} s ({rate:.1f} rows/s, {summary.workers})"
+    )
+
+
+@app.command()
+@user_errors
+def merge(
+    store: Annotated[str, typer.Argument(help="A finished heatjob store.", show_default=False)],
+    json_file: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write {composite: {metric: value}} to this file."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Score every composite (pointing game, relevance mass and rank, AP) and print a table."""
+    from heatjob.merge import format_table
+    from heatjob.merge import merge as run_merge
+
+    report = run_merge(store, str(json_file) if json_file else None, progress=not quiet)
+    typer.echo(format_table(report))
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
+@user_errors
+def status(
+    store: Annotated[str, typer.Argument(help="A heatjob store.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """How far a job has come: units and rows done per composite."""
+    from heatjob.store import done_flags, open_store, store_units
+
+    root, info = open_store(store)
+    units = store_units(root, info)
+    done = done_flags(root)
+    rows_done = sum(u.n_rows for u in units if done[u.index])
+    rows_total = sum(u.n_rows for u in units)
+    report = {
+        "store": store,
+        "units_done": int(done.sum()),
+        "units_total": len(units),
+        "rows_done": rows_done,
+        "rows_total": rows_total,
+        "composites": {c: {"units_done": int(done.sum())} for c in info.composites},
+        "merged": "metrics" in root.attrs,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    state = "complete" if done.all() else "incomplete"
+    typer.echo(f"{store}: {state}, {report['units_done']}/{len(units)} units, "
+               f"{rows_done}/{rows_total} rows")
+    width = max(len(c) for c in info.composites)
+    for composite in info.composites:
+        typer.echo(f"  {composite.ljust(width)}  {int(done.sum())}/{len(units)} units")
+    typer.echo(f"  merged: {'yes' if report['merged'] else 'no'}")
+
+
+@app.command()
+def composites() -> None:
+    """The composite names this version knows, one line each with its rules."""
+    from heatjob.lrp import composite_names, describe_composite
+
+    names = composite_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        typer.echo(f"{name.ljust(width)}  {describe_composite(name)}")
+
+
+if __name__ == "__main__":
+    app()

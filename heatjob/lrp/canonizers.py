@@ -1,0 +1,202 @@
+"""Bring a model into the form LRP rules expect: a checked torch.fx graph, batch norm folded.
+
+`trace` turns the model into an fx graph whose nodes are the layers in execution order; any module
+without children is kept whole, so an unknown layer shows up under its own path and type.
+`check_supported` rejects what the engine has no rule for, naming the module path and type.
+`fold_batch_norms` merges each batch norm that directly follows a conv/linear layer into that
+layer's weights (what zennit's SequentialMergeBatchNorm and ResNetCanonizer do). Residual `add`s
+need no rewriting here: the engine gives every tensor addition the proportional rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from heatjob.errors import UnsupportedModelError
+from heatjob.lrp.rules import conv_padding
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+AFFINE_LAYERS = (nn.Conv2d, nn.Linear)
+SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+    *BATCH_NORMS,
+)
+RELU_FUNCTIONS: tuple[Callable, ...] = (F.relu, torch.relu)
+ADD_FUNCTIONS: tuple[Callable, ...] = (operator.add, operator.iadd, torch.add)
+# Shape-only operations: their gradient moves relevance without changing it.
+SHAPE_FUNCTIONS: tuple[Callable, ...] = (torch.flatten,)
+SHAPE_METHODS = frozenset({"view", "reshape", "flatten", "contiguous", "size"})
+RELU_METHODS = frozenset({"relu"})
+_SIZE_SOURCES = frozenset({"size", "shape"})
+
+
+class _LayerTracer(fx.Tracer):
+    # Keep every childless module whole (torch.fx would trace into an unknown one and report
+    # some primitive op instead of the layer the user knows).
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return next(m.children(), None) is None or super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """An fx graph of `model` sharing its modules (no copy of weights)."""
+    try:
+        graph = _LayerTracer().trace(model)
+    except Exception as error:  # fx raises many kinds; any of them means "cannot follow it"
+        raise UnsupportedModelError(
+            f"cannot trace model {type(model).__name__} with torch.fx (needed to find its "
+            f"layers): {type(error).__name__}: {error}"
+        ) from error
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "<model>"
+    path, _ = list(stack.values())[-1]
+    return path or "<model>"
+
+
+def _function_name(target: object) -> str:
+    name = getattr(target, "__name__", repr(target))
+    module = getattr(target, "__module__", None) or ""
+    return f"{module}.{name}" if module and module != "builtins" else name
+
+
+def _unsupported(path: str, kind: str, why: str) -> UnsupportedModelError:
+    supported = ", ".join(t.__name__ for t in SUPPORTED_MODULES)
+    return UnsupportedModelError(
+        f"cannot explain layer '{path}' ({kind}): {why}; supported layers: {supported}, "
+        "ReLU/flatten/view functions and residual additions of two tensors"
+    )
+
+
+def _check_module(path: str, module: nn.Module) -> None:
+    kind = type(module).__name__
+    if not isinstance(module, SUPPORTED_MODULES):
+        raise _unsupported(path, kind, "no LRP rule for this layer type")
+    if isinstance(module, nn.Conv2d) and (
+        module.padding_mode != "zeros" or conv_padding(module) is None
+    ):
+        raise _unsupported(path, kind, "only symmetric zero padding is supported")
+    if isinstance(module, BATCH_NORMS) and (
+        module.running_mean is None or module.running_var is None
+    ):
+        raise _unsupported(path, kind, "batch norm without running statistics cannot be folded")
+
+
+def _is_size_source(arg: object) -> bool:
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method" and arg.target == "size":
+        return True
+    return arg.op == "call_function" and arg.target is getattr and arg.args[1] in _SIZE_SOURCES
+
+
+def _check_node(gm: fx.GraphModule, node: fx.Node) -> None:
+    if node.op in ("placeholder", "output"):
+        return
+    if node.op == "call_module":
+        _check_module(str(node.target), gm.get_submodule(str(node.target)))
+        return
+    path = _module_path(node)
+    if node.op == "call_function":
+        target = node.target
+        if target in RELU_FUNCTIONS or target in SHAPE_FUNCTIONS:
+            return
+        if target in ADD_FUNCTIONS:
+            tensors = [a for a in node.args if isinstance(a, fx.Node)]
+            if len(node.args) == 2 and len(tensors) == 2 and not node.kwargs:
+                return
+            raise _unsupported(path, _function_name(target), "only a sum of two tensors has a rule")
+        if target is getattr and node.args[1] in _SIZE_SOURCES:
+            return
+        if target is operator.getitem and _is_size_source(node.args[0]):
+            return
+        raise _unsupported(path, _function_name(target), "no LRP rule for this operation")
+    if node.op == "call_method":
+        if node.target in SHAPE_METHODS or node.target in RELU_METHODS:
+            return
+        raise _unsupported(path, f"Tensor.{node.target}", "no LRP rule for this operation")
+    raise _unsupported(path, f"{node.op} {node.target}", "tensors used directly, not via a layer")
+
+
+def check_supported(gm: fx.GraphModule) -> None:
+    """Raise UnsupportedModelError for the first node (in execution order) without a rule."""
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise UnsupportedModelError(
+            f"model {gm.__class__.__name__} takes {len(inputs)} inputs; LRP here needs exactly one"
+        )
+    for node in gm.graph.nodes:
+        _check_node(gm, node)
+
+
+def _fold_into(layer: nn.Module, bn: nn.Module) -> None:
+    # Same arithmetic order as zennit's MergeBatchNorm, so round-off matches.
+    mean, var = bn.running_mean, bn.running_var
+    gain = bn.weight.detach() if bn.weight is not None else torch.ones_like(mean)
+    shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gain / (var + bn.eps) ** 0.5
+    weight = layer.weight.detach()
+    bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(mean)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    layer.weight = nn.Parameter(weight * scale.view(shape), requires_grad=False)
+    layer.bias = nn.Parameter((bias - mean) * scale + shift, requires_grad=False)
+
+
+def fold_batch_norms(gm: fx.GraphModule) -> None:
+    """Merge each batch norm that directly follows a conv/linear layer into that layer, in place.
+
+    Only where the layer's output feeds nothing but the batch norm and the layer module is called
+    once, so folding cannot change any other path. Other batch norms stay (and pass relevance).
+    """
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or calls[str(node.target)] != 1:
+            continue
+        bn = gm.get_submodule(str(node.target))
+        source = node.args[0] if node.args else None
+        if not isinstance(bn, BATCH_NORMS) or not isinstance(source, fx.Node):
+            continue
+        if source.op != "call_module" or calls[str(source.target)] != 1 or len(source.users) != 1:
+            continue
+        layer = gm.get_submodule(str(source.target))
+        if not isinstance(layer, AFFINE_LAYERS):
+            continue
+        _fold_into(layer, bn)
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def canonize(model: nn.Module) -> fx.GraphModule:
+    """A checked, batch-norm-folded fx copy of `model` in eval mode; `model` is left untouched."""
+    gm = trace(model)
+    check_supported(gm)
+    gm = copy.deepcopy(gm)  # copies the weights; the tracing above shared them with `model`
+    gm.eval()
+    for param in gm.parameters():
+        param.requires_grad_(False)
+    with torch.no_grad():
+        fold_batch_norms(gm)
+    return gm

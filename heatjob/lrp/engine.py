@@ -1,0 +1,214 @@
+"""The LRP engine: relevance as a modified gradient.
+
+Each layer of the canonized fx graph is swapped for a module whose forward is the ordinary one and
+whose backward returns the relevance its rule gives to the layer's inputs (custom autograd
+Functions). A plain autograd backward from the output, seeded with the target logit, then carries
+relevance to the input: per batch one forward and one backward, and the rule-modified weights are
+computed once when the Explainer is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from heatjob.lrp.canonizers import (
+    ADD_FUNCTIONS,
+    AFFINE_LAYERS,
+    BATCH_NORMS,
+    RELU_FUNCTIONS,
+    RELU_METHODS,
+    canonize,
+    check_supported,
+    trace,
+)
+from heatjob.lrp.composites import Composite, get_composite
+from heatjob.lrp.rules import BoundRule, ZBox, norm_relevance
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PROPORTIONAL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+class _RuleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bound: BoundRule) -> Tensor:
+        z = bound.forward(x)
+        ctx.bound = bound
+        ctx.save_for_backward(x, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor, None]:
+        x, z = ctx.saved_tensors
+        return ctx.bound.relevance(x, z, r), None
+
+
+class _PassFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor, None]:
+        return r, None
+
+
+class _ProportionalFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+        ctx.fn = fn
+        ctx.save_for_backward(*inputs)
+        return fn(*inputs)
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, *norm_relevance(ctx.fn, ctx.saved_tensors, r))
+
+
+class RuleLayer(nn.Module):
+    """A Conv2d/Linear layer that hands relevance back by its LRP rule."""
+
+    def __init__(self, bound: BoundRule, description: str) -> None:
+        super().__init__()
+        self.bound = bound
+        self.description = description
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _RuleFunction.apply(x, self.bound)
+
+    def extra_repr(self) -> str:
+        return self.description
+
+
+class PassLayer(nn.Module):
+    """ReLU or an unfolded batch norm: relevance passes through unchanged."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _PassFunction.apply(x, self.module)
+
+
+class ProportionalLayer(nn.Module):
+    """Average pooling: relevance goes to the inputs in proportion to their contribution."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _ProportionalFunction.apply(self.module, x)
+
+
+def _relu(x: Tensor) -> Tensor:
+    return torch.relu(x)
+
+
+def relu_pass(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+    """ReLU whose backward passes relevance through (extra args such as inplace are ignored)."""
+    return _PassFunction.apply(x, _relu)
+
+
+def residual_sum(a: Tensor, b: Tensor) -> Tensor:
+    """a + b whose backward splits relevance between a and b in proportion to their values."""
+    return _ProportionalFunction.apply(torch.add, a, b)
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent_name, _, attr = target.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+def _first_layer(gm: fx.GraphModule, types: tuple[type[nn.Module], ...]) -> str | None:
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), types):
+            return str(node.target)
+    return None
+
+
+def attach_rules(
+    gm: fx.GraphModule, composite: Composite, low: Tensor, high: Tensor
+) -> fx.GraphModule:
+    """Swap every layer of a canonized graph for its LRP counterpart, in place."""
+    first = _first_layer(gm, composite.first_types)
+    done: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and str(node.target) not in done:
+            target = str(node.target)
+            done.add(target)
+            module = gm.get_submodule(target)
+            if isinstance(module, AFFINE_LAYERS):
+                rule = composite.rule_for(module, is_first=target == first)
+                if isinstance(rule, ZBox) and rule.low is None:
+                    rule = rule.with_bounds(low, high)
+                wrapped = RuleLayer(rule.bind(module), f"{target}: {rule.describe()}")
+            elif isinstance(module, (nn.ReLU, *BATCH_NORMS)):
+                wrapped = PassLayer(module)
+            elif isinstance(module, PROPORTIONAL_MODULES):
+                wrapped = ProportionalLayer(module)
+            else:  # max-pool (winner-takes-all), flatten, dropout, identity: the plain gradient
+                continue
+            _set_submodule(gm, target, wrapped)
+        elif node.op == "call_function" and node.target in RELU_FUNCTIONS:
+            node.target = relu_pass
+        elif node.op == "call_function" and node.target in ADD_FUNCTIONS:
+            node.target = residual_sum
+        elif node.op == "call_method" and node.target in RELU_METHODS:
+            node.op, node.target = "call_function", relu_pass
+    gm.recompile()
+    return gm
+
+
+def ensure_supported(model: nn.Module) -> None:
+    """Raise UnsupportedModelError naming the first layer (path and type) the engine cannot
+    explain. Cheap: traces the model without copying its weights."""
+    check_supported(trace(model))
+
+
+class Explainer:
+    """LRP heatmaps of one model under one composite; everything heavy is set up once, here.
+
+    `model` is left untouched: the engine works on a canonized deep copy (batch norm folded, eval
+    mode). `mean`/`std` are the input normalisation; they set the z^B box bounds to the normalised
+    images of pixel values 0 and 1, per channel.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: str,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.composite = get_composite(composite)
+        mean_t = torch.tensor(mean, dtype=torch.float32)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self.low = (0 - mean_t) / std_t
+        self.high = (1 - mean_t) / std_t
+        self.model = attach_rules(canonize(model), self.composite, self.low, self.high)
+
+    def explain(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Heatmaps (n, H, W) for target class targets[i] of image x[i], and the logits (n, C).
+
+        The target logit's value is the relevance put on the output (zero on other classes); the
+        heatmap is the input relevance summed over colour channels.
+        """
+        if x.ndim != 4:
+            raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
+        targets = torch.as_tensor(targets, device=x.device).long()
+        if targets.shape != (x.shape[0],):
+            raise ValueError(f"expected {x.shape[0]} targets, got shape {tuple(targets.shape)}")
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x)
+            rows = torch.arange(x.shape[0], device=x.device)
+            seed = torch.zeros_like(logits)
+            seed[rows, targets] = logits.detach()[rows, targets]
+            (relevance,) = torch.autograd.grad(logits, x, seed)
+        return relevance.sum(dim=1), logits.detach()

@@ -1,0 +1,425 @@
+"""Localisation metrics for heatmaps against bounding boxes (pure numpy / scipy).
+
+Conventions shared by every function:
+
+* A heatmap array is ``(n, S, S)`` (row, y, x), any float dtype; it may also be an
+  array-like that supports ``shape`` and row slicing (a Zarr array): functions work
+  through it in blocks of rows, so memory stays bounded.
+* Boxes are ``(x0, y0, x1, y1)`` in heatmap pixel coordinates, half-open and 0-based:
+  pixel ``(y, x)`` covers ``[x, x+1) x [y, y+1)`` and its centre is ``(x+0.5, y+0.5)``.
+* A box mask holds the pixels whose centres lie inside a box (see :func:`box_masks`).
+* An empty mask (a box too thin to contain a pixel centre) gives 0.0 for
+  relevance mass, weighted relevance mass, relevance rank and pixel AP (the last
+  is what scikit-learn returns when there is no positive label).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "box_masks",
+    "hard_subset",
+    "heatmap_boxes",
+    "mean_over_classes",
+    "pixel_average_precision",
+    "pointing_game_hits",
+    "relevance_mass",
+    "relevance_mass_weighted",
+    "relevance_rank",
+    "voc_average_precision",
+]
+
+_BLOCK_ELEMENTS = 1 << 21  # about 2M pixels per block of rows
+
+
+def _blocks(n: int, size: int):
+    """Row ranges ``(a, b)`` that keep each block near ``_BLOCK_ELEMENTS`` pixels."""
+    step = max(1, _BLOCK_ELEMENTS // max(1, size * size))
+    for a in range(0, n, step):
+        yield a, min(n, a + step)
+
+
+def _check_pair(heatmaps, masks) -> tuple[int, int]:
+    if len(heatmaps.shape) != 3 or heatmaps.shape[1] != heatmaps.shape[2]:
+        raise ValueError(f"heatmaps must be (n, S, S), got {tuple(heatmaps.shape)}")
+    if tuple(masks.shape) != tuple(heatmaps.shape):
+        raise ValueError(
+            f"masks {tuple(masks.shape)} and heatmaps {tuple(heatmaps.shape)} differ in shape"
+        )
+    return heatmaps.shape[0], heatmaps.shape[1]
+
+
+def _score_dtype(dtype) -> np.dtype:
+    """float16 -> float32 (exact); float32 and float64 stay as they are."""
+    return np.result_type(dtype, np.float32)
+
+
+def _flat_boxes(boxes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-row box arrays: ``(B, 4)`` float64 and the count per row."""
+    arrays = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes]
+    counts = np.array([len(b) for b in arrays], dtype=np.int64)
+    if len(arrays) and counts.min() < 1:
+        raise ValueError(f"row {int(np.argmin(counts))} has no target box")
+    flat = np.concatenate(arrays) if arrays else np.zeros((0, 4))
+    return flat, counts
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def box_masks(boxes: list[np.ndarray], size: int) -> np.ndarray:
+    """(n, S, S) bool: the union of each row's box masks.
+
+    Pixel ``(y, x)`` is in when its centre satisfies ``x0 <= x+0.5 < x1`` and
+    ``y0 <= y+0.5 < y1`` for some box of the row, i.e. ``x`` runs over
+    ``[ceil(x0-0.5), ceil(x1-0.5))`` clipped to ``[0, S)``.
+    """
+    flat, counts = _flat_boxes(boxes)
+    n = len(counts)
+    out = np.zeros((n, size, size), dtype=bool)
+    if n == 0:
+        return out
+    lo = np.clip(np.ceil(flat[:, :2] - 0.5), 0, size).astype(np.int64)  # xs, ys
+    hi = np.clip(np.ceil(flat[:, 2:] - 0.5), 0, size).astype(np.int64)  # xe, ye
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    grid = np.arange(size)
+    # slot k = the k-th box of every row that has more than k boxes
+    for k in range(int(counts.max())):
+        rows = np.nonzero(counts > k)[0]
+        idx = starts[rows] + k
+        xm = (grid >= lo[idx, 0, None]) & (grid < hi[idx, 0, None])
+        ym = (grid >= lo[idx, 1, None]) & (grid < hi[idx, 1, None])
+        out[rows] |= ym[:, :, None] & xm[:, None, :]
+    return out
+
+
+def hard_subset(masks, sample_has_other_class: np.ndarray) -> np.ndarray:
+    """(n,) bool: the pointing game's difficult rows (Zhang et al. 2016).
+
+    The sample holds another class too and the target's mask covers less than a
+    quarter of the ``S*S`` pixels.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    n, s = masks.shape[0], masks.shape[1]
+    covered = masks.reshape(n, -1).sum(axis=1)
+    return np.asarray(sample_has_other_class, dtype=bool) & (4 * covered < s * s)
+
+
+# ---------------------------------------------------------------------- pointing game
+
+
+def pointing_game_hits(heatmaps, boxes, image_sizes, tolerance: float = 15.0) -> np.ndarray:
+    """(n,) bool: does each heatmap's maximum point at a target box?
+
+    The maximum pixel is the first maximum in row-major order (``np.argmax`` of the
+    flattened map; an all-zero map therefore points at pixel (0, 0)). Its centre is
+    mapped to original-image coordinates ``((x+0.5)*W/S, (y+0.5)*H/S)``, the boxes to
+    ``(x*W/S, y*H/S)``; a hit is a Euclidean distance <= ``tolerance`` original pixels
+    from the nearest box, taken as a filled rectangle (distance 0 inside).
+    """
+    n = heatmaps.shape[0]
+    s = heatmaps.shape[1]
+    flat, counts = _flat_boxes(boxes)
+    if len(counts) != n:
+        raise ValueError(f"{len(counts)} box arrays for {n} heatmaps")
+    sizes = np.asarray(image_sizes, dtype=np.float64).reshape(n, 2)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    arg = np.empty(n, dtype=np.int64)
+    for a, b in _blocks(n, s):
+        h = np.asarray(heatmaps[a:b]).reshape(b - a, -1)
+        arg[a:b] = np.argmax(h.astype(_score_dtype(h.dtype), copy=False), axis=1)
+    y, x = np.divmod(arg, s)
+    sy = sizes[:, 0] / s  # original pixels per heatmap pixel, vertically
+    sx = sizes[:, 1] / s
+    px = (x + 0.5) * sx
+    py = (y + 0.5) * sy
+    row = np.repeat(np.arange(n), counts)
+    bx0, by0 = flat[:, 0] * sx[row], flat[:, 1] * sy[row]
+    bx1, by1 = flat[:, 2] * sx[row], flat[:, 3] * sy[row]
+    dx = np.maximum(np.maximum(bx0 - px[row], px[row] - bx1), 0.0)
+    dy = np.maximum(np.maximum(by0 - py[row], py[row] - by1), 0.0)
+    dist = np.hypot(dx, dy)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    nearest = np.minimum.reduceat(dist, starts)
+    return nearest <= tolerance
+
+
+# ------------------------------------------------------------------- relevance mass
+
+
+def relevance_mass(heatmaps, masks) -> np.ndarray:
+    """(n,) the paper's mu: sum of R+ inside the mask / sum of R+.
+
+    R+ = max(R, 0). A map without positive relevance (all zero or all negative)
+    gives 0.0. Sums are taken in float64.
+    """
+    n, s = _check_pair(heatmaps, masks)
+    out = np.zeros(n, dtype=np.float64)
+    for a, b in _blocks(n, s):
+        pos = np.maximum(np.asarray(heatmaps[a:b], dtype=np.float64).reshape(b - a, -1), 0.0)
+        m = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1)
+        total = pos.sum(axis=1)
+        inside = np.where(m, pos, 0.0).sum(axis=1)
+        ok = total > 0
+        out[a:b][ok] = inside[ok] / total[ok]
+    return out
+
+
+def relevance_mass_weighted(heatmaps, masks) -> np.ndarray:
+    """(n,) the paper's mu_w = mu * (S*S / mask size): 1.0 is chance for a uniform map.
+
+    An empty mask gives 0.0 (mu is 0 there and no size can be divided by).
+    """
+    n, s = _check_pair(heatmaps, masks)
+    mu = relevance_mass(heatmaps, masks)
+    area = np.empty(n, dtype=np.float64)
+    for a, b in _blocks(n, s):
+        area[a:b] = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1).sum(axis=1)
+    out = np.zeros(n, dtype=np.float64)
+    ok = area > 0
+    out[ok] = mu[ok] * (s * s) / area[ok]
+    return out
+
+
+def relevance_rank(heatmaps, masks) -> np.ndarray:
+    """(n,) share of the K highest-relevance pixels that lie in the mask, K = mask size.
+
+    Pixels are ordered by relevance descending with ties broken by row-major
+    position (the order of a stable descending sort of the flattened map): all
+    pixels above the K-th largest value are taken, then the earliest (row-major)
+    pixels equal to it until K are taken. An empty mask gives 0.0; a full mask 1.0.
+    """
+    n, s = _check_pair(heatmaps, masks)
+    out = np.zeros(n, dtype=np.float64)
+    npix = s * s
+    for a, b in _blocks(n, s):
+        r = b - a
+        h = np.asarray(heatmaps[a:b]).reshape(r, -1)
+        h = h.astype(_score_dtype(h.dtype), copy=False)
+        m = np.asarray(masks[a:b], dtype=bool).reshape(r, -1)
+        k = m.sum(axis=1)
+        ok = k > 0
+        if not ok.any():
+            continue
+        srt = np.sort(h, axis=1)
+        kth = srt[np.arange(r), npix - np.maximum(k, 1)]  # the K-th largest value
+        above = h > kth[:, None]
+        tied = h == kth[:, None]
+        need = k - above.sum(axis=1)  # how many tied pixels complete the top K
+        taken_ties = tied & (np.cumsum(tied, axis=1) <= need[:, None])
+        hits = (above & m).sum(axis=1) + (taken_ties & m).sum(axis=1)
+        out[a:b][ok] = hits[ok] / k[ok]
+    return out
+
+
+# ------------------------------------------------------------------------- pixel AP
+
+
+def _descending_keys(h: np.ndarray) -> np.ndarray:
+    """uint32 keys whose ascending order is the descending order of float32 ``h``.
+
+    Equal values (including -0.0 and +0.0) get equal keys.
+    """
+    bits = (h.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 -> +0.0
+    neg = (bits >> 31).astype(bool)
+    ordered = np.where(neg, ~bits, bits | np.uint32(0x80000000))  # ascending with value
+    return ~ordered
+
+
+def _ap_from_sorted(score_key: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """AP per row from pixels sorted by descending score (ties adjacent, any order).
+
+    sklearn's definition: sum over distinct thresholds t (descending) of
+    (R(t) - R(t_prev)) * P(t), where P and R count every pixel with score >= t.
+    """
+    r, npix = label.shape
+    cum_tp = np.cumsum(label, axis=1, dtype=np.int64)
+    is_end = np.empty((r, npix), dtype=bool)  # last pixel of a group of tied scores
+    is_end[:, :-1] = score_key[:, 1:] != score_key[:, :-1]
+    is_end[:, -1] = True
+    rows, cols = np.nonzero(is_end)
+    tp = cum_tp[rows, cols]
+    delta = np.diff(tp, prepend=0)
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    delta[first] = tp[first]
+    contrib = delta * (tp / (cols + 1.0))
+    total = np.bincount(rows, weights=contrib, minlength=r)
+    npos = cum_tp[:, -1]
+    out = np.zeros(r, dtype=np.float64)
+    ok = npos > 0
+    out[ok] = total[ok] / npos[ok]
+    return out
+
+
+def pixel_average_precision(heatmaps, masks) -> np.ndarray:
+    """(n,) per row, the average precision of ranking pixels by relevance against the mask.
+
+    Identical in definition (ties included) to
+    ``sklearn.metrics.average_precision_score(mask.ravel(), heatmap.ravel())``: tied
+    pixels enter the precision-recall curve together as one threshold. An empty mask
+    gives 0.0, as sklearn does. Pixels are sorted on one uint64 key per pixel
+    (descending score, mask bit below) for speed; float64 maps use an argsort.
+    """
+    n, s = _check_pair(heatmaps, masks)
+    out = np.zeros(n, dtype=np.float64)
+    for a, b in _blocks(n, s):
+        r = b - a
+        h = np.asarray(heatmaps[a:b]).reshape(r, -1)
+        m = np.asarray(masks[a:b], dtype=bool).reshape(r, -1)
+        if _score_dtype(h.dtype) == np.float32:
+            key = (_descending_keys(h).astype(np.uint64) << np.uint64(1)) | m
+            key.sort(axis=1)
+            label = (key & np.uint64(1)).astype(np.int8)
+            score_key = key >> np.uint64(1)
+        else:
+            h = h.astype(np.float64) + 0.0
+            order = np.argsort(-h, axis=1)
+            score_key = np.take_along_axis(h, order, axis=1)
+            label = np.take_along_axis(m, order, axis=1).astype(np.int8)
+        out[a:b] = _ap_from_sorted(score_key, label)
+    return out
+
+
+# -------------------------------------------------------------------------- box AP
+
+
+def heatmap_boxes(heatmaps) -> np.ndarray:
+    """(n, 4) float64: one box per heatmap for box AP, in half-open pixel coordinates.
+
+    Definition: let m be the map's maximum relevance. If m <= 0 (no positive
+    relevance) the box is the whole image ``(0, 0, S, S)``. Otherwise take the pixels
+    with relevance >= 0.5 * m, split them into 8-connected components and return
+    the bounding box of the component with the most pixels (ties: the component
+    whose first pixel comes first in row-major order). A single pixel (y, x) gives
+    ``(x, y, x+1, y+1)``.
+    """
+    n, s = heatmaps.shape[0], heatmaps.shape[1]
+    out = np.zeros((n, 4), dtype=np.float64)
+    out[:, 2:] = s
+    # 8-connected within a map, never across maps
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    for a, b in _blocks(n, s):
+        r = b - a
+        h = np.asarray(heatmaps[a:b])
+        h = h.astype(_score_dtype(h.dtype), copy=False)
+        peak = h.reshape(r, -1).max(axis=1)
+        pos = peak > 0
+        fg = (h >= (0.5 * peak)[:, None, None]) & pos[:, None, None]
+        labels, nlab = ndimage.label(fg, structure=structure)
+        if nlab == 0:
+            continue
+        sizes = np.bincount(labels.ravel(), minlength=nlab + 1)
+        last = labels.reshape(r, -1).max(axis=1)  # labels run in scan order, row by row
+        best = np.zeros(r, dtype=labels.dtype)
+        first = 1
+        for i in np.nonzero(pos)[0]:
+            best[i] = first + int(np.argmax(sizes[first : last[i] + 1]))
+            first = last[i] + 1
+        sel = labels == best[:, None, None]
+        ys = sel.any(axis=2)  # (r, S): rows of the map the component touches
+        xs = sel.any(axis=1)
+        box = np.stack(
+            [
+                np.argmax(xs, axis=1),
+                np.argmax(ys, axis=1),
+                s - np.argmax(xs[:, ::-1], axis=1),
+                s - np.argmax(ys[:, ::-1], axis=1),
+            ],
+            axis=1,
+        )
+        out[a:b][pos] = box[pos]
+    return out
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one half-open box with each of ``others``; area = (x1-x0)*(y1-y0)."""
+    iw = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
+    ih = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    union = area + areas - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def voc_average_precision(
+    det_boxes,
+    det_scores,
+    det_sample,
+    gt_boxes,
+    gt_sample,
+    gt_difficult,
+    iou_threshold: float = 0.5,
+) -> float:
+    """PASCAL VOC (2010+, all points) average precision of one class's detections.
+
+    Detections are taken by score, highest first (stable for ties). Each is matched
+    to the GT box of its sample with the highest IoU (first on ties), taken or not:
+    IoU >= threshold on a difficult box -> ignored; on a box not yet taken -> TP (box
+    taken); otherwise -> FP. npos = number of non-difficult GT boxes. AP is the area
+    under the monotone precision envelope of the precision-recall curve; nan when
+    npos == 0.
+    """
+    det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    det_scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    det_sample = np.asarray(det_sample).reshape(-1)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    gt_sample = np.asarray(gt_sample).reshape(-1)
+    gt_difficult = np.asarray(gt_difficult, dtype=bool).reshape(-1)
+    npos = int((~gt_difficult).sum())
+    if npos == 0:
+        return float("nan")
+    by_sample: dict = {}
+    for j, smp in enumerate(gt_sample.tolist()):
+        by_sample.setdefault(smp, []).append(j)
+    by_sample = {k: np.array(v) for k, v in by_sample.items()}
+    taken = np.zeros(len(gt_boxes), dtype=bool)
+    tp = np.zeros(len(det_scores), dtype=bool)
+    counted = np.zeros(len(det_scores), dtype=bool)  # not ignored
+    order = np.argsort(-det_scores, kind="stable")
+    for rank, d in enumerate(order):
+        cand = by_sample.get(det_sample[d].item())
+        if cand is not None:
+            ious = _iou(det_boxes[d], gt_boxes[cand])
+            best = int(np.argmax(ious))
+            if ious[best] >= iou_threshold:
+                j = cand[best]
+                if gt_difficult[j]:
+                    continue
+                if not taken[j]:
+                    taken[j] = True
+                    tp[rank] = True
+        counted[rank] = True
+    tp = tp[counted]
+    ctp = np.cumsum(tp)
+    cfp = np.cumsum(~tp)
+    recall = ctp / npos
+    precision = ctp / np.maximum(ctp + cfp, 1)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    step = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
+
+
+def mean_over_classes(values: np.ndarray, classes: np.ndarray) -> float:
+    """Mean per class, then the mean over the classes present; nan values are ignored.
+
+    Returns nan when no value is left.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    classes = np.asarray(classes).reshape(-1)
+    if values.shape != classes.shape:
+        raise ValueError(f"{values.shape[0]} values for {classes.shape[0]} classes")
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return float("nan")
+    uniq, inv = np.unique(classes[keep], return_inverse=True)
+    sums = np.bincount(inv, weights=values[keep], minlength=len(uniq))
+    counts = np.bincount(inv, minlength=len(uniq))
+    return float(np.mean(sums / counts))

@@ -1,0 +1,114 @@
+"""Planning a job: which heatmap rows exist and how they split into work units.
+
+Pure: no Ray, no disk. A row explains one target class of one sample. Rows are
+grouped into units of `shard_size` consecutive rows; unit u owns rows
+[u*shard_size, (u+1)*shard_size) and exactly one Zarr shard of every heatmap
+array, so a unit is written by one worker in one call and never shares a shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PENDING_TARGET = -1  # rows/target before the worker has chosen it (targets = predicted:K)
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    row_start: int
+    row_stop: int
+    sample_start: int  # first sample with a row in the unit
+    sample_stop: int  # one past the last
+
+    @property
+    def n_rows(self) -> int:
+        return self.row_stop - self.row_start
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows_sample: np.ndarray  # (M,) int64
+    rows_target: np.ndarray  # (M,) int32; PENDING_TARGET where the worker decides
+    shard_size: int
+    units: tuple[Unit, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows_sample)
+
+
+def plan_rows(
+    labels: Sequence[Sequence[int]], targets: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows for each sample, ordered by sample then (for labels) class.
+
+    labels: the distinct classes present in each sample.
+    targets: "labels", "all" or "predicted:K".
+    """
+    if targets == "labels":
+        per_sample = [sorted(set(map(int, sample_labels))) for sample_labels in labels]
+    elif targets == "all":
+        per_sample = [list(range(num_classes))] * len(labels)
+    elif targets.startswith("predicted:"):
+        k = int(targets.split(":", 1)[1])
+        per_sample = [[PENDING_TARGET] * min(k, num_classes)] * len(labels)
+    else:
+        raise ValueError(f"unknown targets mode {targets!r}")
+    counts = np.array([len(t) for t in per_sample], dtype=np.int64)
+    rows_sample = np.repeat(np.arange(len(labels), dtype=np.int64), counts)
+    rows_target = np.array([t for ts in per_sample for t in ts], dtype=np.int32)
+    return rows_sample, rows_target
+
+
+def effective_shard_size(shard_size: int, targets: str, num_classes: int) -> int:
+    """Shard size, rounded up to whole samples where every sample has the same row count.
+
+    With predicted:K and all, a unit then never splits a sample, so the worker
+    that picks a sample's targets is the only one that writes its rows.
+    """
+    if targets == "all":
+        per_sample = num_classes
+    elif targets.startswith("predicted:"):
+        per_sample = min(int(targets.split(":", 1)[1]), num_classes)
+    else:
+        return shard_size
+    return -(-shard_size // per_sample) * per_sample
+
+
+def make_plan(
+    labels: Sequence[Sequence[int]], targets: str, num_classes: int, shard_size: int
+) -> Plan:
+    """Rows and units for a job."""
+    rows_sample, rows_target = plan_rows(labels, targets, num_classes)
+    shard_size = effective_shard_size(shard_size, targets, num_classes)
+    return Plan(rows_sample, rows_target, shard_size, split_units(rows_sample, shard_size))
+
+
+def split_units(rows_sample: np.ndarray, shard_size: int) -> tuple[Unit, ...]:
+    """Consecutive units of `shard_size` rows (the last may be shorter)."""
+    units = []
+    for index, start in enumerate(range(0, len(rows_sample), shard_size)):
+        stop = min(start + shard_size, len(rows_sample))
+        units.append(
+            Unit(index, start, stop, int(rows_sample[start]), int(rows_sample[stop - 1]) + 1)
+        )
+    return tuple(units)
+
+
+def owned_samples(unit: Unit, rows_sample: np.ndarray, n_samples: int) -> range:
+    """The samples whose logits `unit` reports.
+
+    A sample whose rows straddle two units is computed by both; only the unit
+    holding its first row reports its logits, so the store does not depend on
+    which of the two finished last. Samples without rows (no target) belong to
+    the unit where their rows would have been, the last unit takes the tail.
+    """
+    first = 0 if unit.row_start == 0 else int(rows_sample[unit.row_start - 1]) + 1
+    last = int(rows_sample[unit.row_stop - 1]) + 1
+    if unit.row_stop == len(rows_sample):
+        last = n_samples
+    return range(first, last)

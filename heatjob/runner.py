@@ -1,0 +1,113 @@
+"""Ray at the edge: start or attach, size the worker pool, dispatch units, gather.
+
+Workers are Ray actors around `UnitWorker`: the model and explainers are built
+once per actor. Heatmaps never pass through Ray's object store; a result is a
+few kilobytes of logits and timings, which the driver writes to the store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+from ray.util import ActorPool
+
+from heatjob.errors import HeatjobError, SpecError
+from heatjob.plan import Unit, owned_samples
+from heatjob.worker import UnitResult, UnitWorker
+
+OBJECT_STORE_BYTES = 256 * 1024**2  # results are small; a local Ray needs little
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    workers: int
+    num_cpus: float  # per worker (fractional, so a reading task never starves)
+    num_gpus: float
+    threads: int  # torch threads per worker
+
+    def describe(self) -> str:
+        kind = "GPU" if self.num_gpus else "CPU"
+        return f"{self.workers} {kind} worker{'s' if self.workers != 1 else ''}"
+
+
+def connect(address: str | None) -> bool:
+    """Attach to `address` / RAY_ADDRESS, or start a local Ray. True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"include_dashboard": False, "logging_level": "ERROR"}
+    if address is None:
+        kwargs["object_store_memory"] = OBJECT_STORE_BYTES
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise HeatjobError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    return address is None
+
+
+def plan_workers(requested: int, device: str, n_units: int) -> WorkerPlan:
+    """How many workers and what each asks Ray for, from what the cluster has.
+
+    Never asks for a GPU the cluster lacks: such a request would wait forever.
+    """
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 1.0))
+    gpus = float(resources.get("GPU", 0.0))
+    if device == "cuda" and gpus < 1:
+        raise SpecError("[run] device = 'cuda' but the Ray cluster has no GPU")
+    use_gpu = gpus >= 1 and device != "cpu"
+    if requested:
+        workers = requested
+    elif use_gpu:
+        workers = int(gpus)
+    else:
+        workers = max(1, int(cpus) // 2)
+    workers = max(1, min(workers, n_units))
+    num_cpus = min(1.0, cpus / workers) if use_gpu else cpus / workers
+    num_gpus = min(1.0, gpus / workers) if use_gpu else 0.0
+    threads = max(1, int(cpus // workers)) if not use_gpu else 1
+    return WorkerPlan(workers, round(num_cpus, 3), round(num_gpus, 3), threads)
+
+
+def run_units(
+    spec_dict: dict,
+    store_path: str,
+    num_classes: int,
+    n_samples: int,
+    rows_sample: np.ndarray,
+    rows_target: np.ndarray,
+    units: Sequence[Unit],
+    workers: WorkerPlan,
+    on_result: Callable[[UnitResult], None],
+) -> None:
+    """Run `units` over a pool of actors; call `on_result` in the driver as each ends."""
+    actor_class = ray.remote(UnitWorker).options(
+        num_cpus=workers.num_cpus,
+        num_gpus=workers.num_gpus,
+        max_restarts=2,  # a lost worker is restarted ...
+        max_task_retries=2,  # ... and its unit retried
+    )
+    actors = [
+        actor_class.remote(spec_dict, store_path, num_classes, workers.threads)
+        for _ in range(workers.workers)
+    ]
+
+    def dispatch(actor, unit: Unit):
+        rows = slice(unit.row_start, unit.row_stop)
+        owned = owned_samples(unit, rows_sample, n_samples)
+        return actor.run_unit.remote(unit, rows_sample[rows], rows_target[rows], owned)
+
+    try:
+        for result in ActorPool(actors).map_unordered(dispatch, list(units)):
+            on_result(result)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, HeatjobError):
+            raise exc.cause from None
+        raise
+    finally:
+        for actor in actors:
+            ray.kill(actor)

@@ -1,0 +1,268 @@
+"""The job spec: a TOML file parsed into typed, validated sections.
+
+Validation happens up front, before Ray starts or a byte is written: every
+problem is a `SpecError` whose one-line message names the file and the key.
+Relative paths in a spec are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heatjob.errors import SpecError
+
+DATASET_KINDS = ("voc", "imagefolder", "synthetic")
+STORE_DTYPES = ("float16", "float32")
+DEVICES = ("auto", "cpu", "cuda")
+_PREDICTED = re.compile(r"^predicted:(\d+)$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: str
+    root: str = ""
+    split: str = "val"
+    image_size: int = 224
+    limit: int = 0
+    num_samples: int = 256  # synthetic only
+    seed: int = 0  # synthetic only
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str
+    weights: str = ""
+    checkpoint: str = ""
+    num_classes: int = 0  # 0 = the data set's number of classes
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AttributionSpec:
+    composites: tuple[str, ...]
+    targets: str = "labels"
+
+    @property
+    def predicted_k(self) -> int:
+        """K of `predicted:K`, 0 for the other target modes."""
+        match = _PREDICTED.match(self.targets)
+        return int(match.group(1)) if match else 0
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    path: str
+    dtype: str = "float16"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    batch_size: int = 32
+    workers: int = 0  # 0 = one per GPU, or one per 2 CPUs when there is none
+    shard_size: int = 64  # heatmap rows per Zarr shard, which is also the unit of work
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    dataset: DatasetSpec
+    model: ModelSpec
+    attribution: AttributionSpec
+    store: StoreSpec
+    run: RunSpec = field(default_factory=RunSpec)
+    source: str = "<spec>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full spec with defaults filled in, as plain TOML/JSON values."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return _lists(out)
+
+    def content_dict(self) -> dict[str, Any]:
+        """The parts of the spec that decide what the store holds.
+
+        Where the store lives, how many workers run and their batch size do not
+        change the heatmaps' meaning, so a store may be resumed under a spec that
+        differs only there.
+        """
+        spec = self.to_dict()
+        spec["store"].pop("path")
+        for key in ("workers", "batch_size", "device"):
+            spec["run"].pop(key)
+        return spec
+
+
+_SECTIONS: dict[str, type] = {
+    "dataset": DatasetSpec,
+    "model": ModelSpec,
+    "attribution": AttributionSpec,
+    "store": StoreSpec,
+    "run": RunSpec,
+}
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a job spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> JobSpec:
+    """Turn parsed TOML into a validated JobSpec (no file system checks)."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a job spec is a TOML table")
+    for section in raw:
+        if section not in _SECTIONS:
+            raise SpecError(
+                f"{source}: unknown section [{section}]; known: {', '.join(_SECTIONS)}"
+            )
+    for required in ("dataset", "model", "attribution", "store"):
+        if required not in raw:
+            raise SpecError(f"{source}: missing section [{required}]")
+    sections = {
+        name: _section(raw.get(name, {}), name, cls, source) for name, cls in _SECTIONS.items()
+    }
+    spec = JobSpec(**sections, source=source)
+    _check_values(spec)
+    return spec
+
+
+def _section(table: Any, name: str, cls: type, source: str) -> Any:
+    if not isinstance(table, dict):
+        raise SpecError(f"{source}: [{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise SpecError(
+                f"{source}: unknown key [{name}] {key}; known: {', '.join(fields)}"
+            )
+        values[key] = _coerce(value, fields[key], f"[{name}] {key}", source)
+    missing = [
+        f.name
+        for f in fields.values()
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in values
+    ]
+    if missing:
+        raise SpecError(f"{source}: missing key [{name}] {missing[0]}")
+    return cls(**values)
+
+
+def _coerce(value: Any, f: dataclasses.Field, where: str, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{source}: {where} must be an integer, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise SpecError(f"{source}: {where} must be a string, got {value!r}")
+        return value
+    if kind == "tuple[float, ...]":
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
+            raise SpecError(f"{source}: {where} must be a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SpecError(f"{source}: {where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"no coercion for {kind}")
+
+
+def _check_values(spec: JobSpec) -> None:
+    src = spec.source
+    ds, model, attr, store, run = spec.dataset, spec.model, spec.attribution, spec.store, spec.run
+
+    def fail(key: str, message: str) -> None:
+        raise SpecError(f"{src}: {key} {message}")
+
+    if ds.kind not in DATASET_KINDS:
+        fail("[dataset] kind", f"must be one of {', '.join(DATASET_KINDS)}, got {ds.kind!r}")
+    if ds.kind != "synthetic" and not ds.root:
+        fail("[dataset] root", f"is required for kind = {ds.kind!r}")
+    if ds.image_size < 8:
+        fail("[dataset] image_size", f"must be at least 8, got {ds.image_size}")
+    if ds.limit < 0:
+        fail("[dataset] limit", f"must be 0 (all) or positive, got {ds.limit}")
+    if ds.num_samples < 1:
+        fail("[dataset] num_samples", f"must be positive, got {ds.num_samples}")
+    if not model.arch:
+        fail("[model] arch", "must name an architecture")
+    if model.weights and model.checkpoint:
+        fail("[model] weights", "and [model] checkpoint are exclusive; set one")
+    if model.num_classes < 0:
+        fail("[model] num_classes", f"must be positive, got {model.num_classes}")
+    for key, values in (("mean", model.mean), ("std", model.std)):
+        if len(values) != 3:
+            fail(f"[model] {key}", f"must have 3 values (R, G, B), got {len(values)}")
+    if any(v <= 0 for v in model.std):
+        fail("[model] std", f"must be positive, got {list(model.std)}")
+    if not attr.composites:
+        fail("[attribution] composites", "must name at least one composite")
+    if len(set(attr.composites)) != len(attr.composites):
+        fail("[attribution] composites", f"lists a composite twice: {list(attr.composites)}")
+    if attr.targets not in ("labels", "all") and not _PREDICTED.match(attr.targets):
+        fail("[attribution] targets", f"must be labels, all or predicted:K, got {attr.targets!r}")
+    if attr.targets.startswith("predicted:") and attr.predicted_k < 1:
+        fail("[attribution] targets", f"needs K >= 1, got {attr.targets!r}")
+    if not store.path:
+        fail("[store] path", "must not be empty")
+    if store.dtype not in STORE_DTYPES:
+        fail("[store] dtype", f"must be one of {', '.join(STORE_DTYPES)}, got {store.dtype!r}")
+    if run.batch_size < 1:
+        fail("[run] batch_size", f"must be positive, got {run.batch_size}")
+    if run.workers < 0:
+        fail("[run] workers", f"must be 0 (automatic) or positive, got {run.workers}")
+    if run.shard_size < 1:
+        fail("[run] shard_size", f"must be positive, got {run.shard_size}")
+    if run.device not in DEVICES:
+        fail("[run] device", f"must be one of {', '.join(DEVICES)}, got {run.device!r}")
+
+
+def with_overrides(spec: JobSpec, **changes: dict[str, Any]) -> JobSpec:
+    """A copy of `spec` with some section fields replaced, e.g. store={"path": p}."""
+    sections = {
+        name: dataclasses.replace(getattr(spec, name), **values)
+        for name, values in changes.items()
+        if values
+    }
+    return dataclasses.replace(spec, **sections)
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_lists(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":  # `python -m heatjob.spec store-path SPEC`, for the Makefile
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "store-path":
+        sys.exit("usage: python -m heatjob.spec store-path SPEC.toml")
+    try:
+        print(load_spec(sys.argv[2]).store.path)
+    except SpecError as exc:
+        sys.exit(f"heatjob: error: {exc}")

@@ -1,0 +1,182 @@
+"""The Zarr v3 store of docs/contract.md: create it, write one unit, read it back.
+
+Who writes what, so that no two processes ever write into one chunk or shard:
+- the driver creates every array and writes what the plan knows (samples,
+  boxes, rows) before any worker starts;
+- a worker writes the heatmaps of its unit: exactly one shard per composite,
+  in one call per composite;
+- the driver, as each unit's result comes back, writes the unit's logits and
+  chosen targets and then, last, the unit's done flag. A unit without its flag
+  is redone in full on resume, which rewrites the same shards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+import zarr
+
+import heatjob
+from heatjob.errors import HeatjobError
+from heatjob.plan import Plan, Unit, split_units
+
+STORE_FORMAT = 1  # bumped when the layout changes incompatibly
+_BLOCK = 4096  # chunk length of the small 1-D/2-D arrays the driver writes
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What the root attributes say about a store."""
+
+    path: str
+    attrs: dict[str, Any]
+
+    @property
+    def composites(self) -> list[str]:
+        return list(self.attrs["spec"]["attribution"]["composites"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.attrs["classes"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.attrs["shard_size"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.attrs["spec"]["dataset"]["image_size"])
+
+    @property
+    def has_boxes(self) -> bool:
+        return bool(self.attrs["has_boxes"])
+
+
+def provenance(
+    spec_dict: dict, classes: Sequence[str], checkpoint_sha256: str, shard_size: int,
+    has_boxes: bool, n_units: int,
+) -> dict[str, Any]:
+    """The `heatjob` root attribute: how this store's heatmaps were made."""
+    return {
+        "format": STORE_FORMAT,
+        "version": heatjob.__version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "spec": spec_dict,
+        "checkpoint_sha256": checkpoint_sha256,
+        "classes": list(classes),
+        "has_boxes": has_boxes,
+        "shard_size": shard_size,
+        "n_units": n_units,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def create_store(
+    path: str,
+    attrs: dict[str, Any],
+    plan: Plan,
+    sample_ids: Sequence[str],
+    sample_sizes: np.ndarray,
+    sample_labels: np.ndarray,
+    boxes_sample: np.ndarray,
+    boxes_class: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    boxes_difficult: np.ndarray,
+    composites: Sequence[str],
+    image_size: int,
+    dtype: str,
+) -> zarr.Group:
+    """Create (overwriting) the whole layout and write what the plan knows."""
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    n_samples, n_classes = sample_labels.shape
+
+    def small(name: str, data: np.ndarray, dims: tuple[str, ...], fill: Any = None) -> None:
+        chunks = (max(1, min(_BLOCK, data.shape[0])),) + data.shape[1:]
+        array = root.create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+            dimension_names=dims, fill_value=fill,
+        )
+        if data.size:
+            array[...] = data
+
+    small("samples/id", np.asarray(sample_ids, dtype=str), ("sample",))
+    small("samples/size", np.asarray(sample_sizes, dtype=np.int32), ("sample", "hw"))
+    small("samples/labels", np.asarray(sample_labels, dtype=bool), ("sample", "class"))
+    root.create_array(
+        "samples/logits", shape=(n_samples, n_classes), dtype="float32",
+        chunks=(max(1, min(_BLOCK, n_samples)), n_classes), dimension_names=("sample", "class"),
+        fill_value=np.nan,
+    )
+    small("boxes/sample", np.asarray(boxes_sample, dtype=np.int64), ("box",))
+    small("boxes/class", np.asarray(boxes_class, dtype=np.int32), ("box",))
+    small("boxes/xyxy", np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), ("box", "xyxy"))
+    small("boxes/difficult", np.asarray(boxes_difficult, dtype=bool), ("box",))
+    small("rows/sample", plan.rows_sample, ("row",))
+    small("rows/target", plan.rows_target, ("row",))
+    size = image_size
+    for composite in composites:
+        root.create_array(
+            f"heatmaps/{composite}", shape=(plan.n_rows, size, size), dtype=dtype,
+            chunks=(1, size, size), shards=(plan.shard_size, size, size),
+            dimension_names=("row", "y", "x"), fill_value=np.nan,
+        )
+    small("units/done", np.zeros(len(plan.units), dtype=bool), ("unit",), fill=False)
+    # Written last: a store whose attributes are missing was interrupted while being created.
+    root.attrs["heatjob"] = attrs
+    return root
+
+
+def open_store(path: str, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
+    """Open a heatjob store; anything else is refused and left untouched."""
+    try:
+        root = zarr.open_group(path, mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise HeatjobError(f"no Zarr store at {path}") from None
+    except Exception as exc:
+        raise HeatjobError(f"cannot open {path} as a Zarr v3 store: {exc}") from None
+    attrs = root.attrs.get("heatjob")
+    if not isinstance(attrs, dict) or "spec" not in attrs:
+        raise HeatjobError(f"{path} is not a heatjob store (no 'heatjob' root attribute)")
+    if attrs.get("format") != STORE_FORMAT:
+        raise HeatjobError(
+            f"{path} has store format {attrs.get('format')}, this heatjob reads {STORE_FORMAT}"
+        )
+    return root, StoreInfo(path, dict(attrs))
+
+
+def store_units(root: zarr.Group, info: StoreInfo) -> tuple[Unit, ...]:
+    return split_units(root["rows/sample"][:], info.shard_size)
+
+
+def done_flags(root: zarr.Group) -> np.ndarray:
+    return root["units/done"][:]
+
+
+def write_unit_heatmaps(path: str, unit: Unit, heatmaps: dict[str, np.ndarray]) -> None:
+    """A worker's write: the unit's whole shard of every composite, one call each."""
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    for composite, values in heatmaps.items():
+        array = root[f"heatmaps/{composite}"]
+        array[unit.row_start : unit.row_stop] = values.astype(array.dtype, copy=False)
+
+
+def finish_unit(
+    root: zarr.Group,
+    unit: Unit,
+    logits_samples: range,
+    logits: np.ndarray,
+    row_targets: np.ndarray | None,
+) -> None:
+    """The driver's write after a worker reported a unit; the done flag goes last."""
+    if len(logits_samples):
+        root["samples/logits"][logits_samples.start : logits_samples.stop] = logits
+    if row_targets is not None:
+        root["rows/target"][unit.row_start : unit.row_stop] = row_targets
+    root["units/done"][unit.index] = True

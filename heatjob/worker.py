@@ -1,0 +1,132 @@
+"""One worker: builds data set, model and LRP explainers once, then explains units.
+
+Plain Python, no Ray: the runner wraps it in a Ray actor, tests call it directly.
+A unit's heatmaps go straight into the store from here; only a small summary
+(logits of the samples the unit owns, chosen targets, timings) goes back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from heatjob.data import open_dataset
+from heatjob.data.preprocess import to_input
+from heatjob.lrp import Explainer
+from heatjob.models import build_model
+from heatjob.plan import PENDING_TARGET, Unit
+from heatjob.spec import JobSpec, parse_spec
+from heatjob.store import write_unit_heatmaps
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    unit: Unit
+    owned: range  # the samples whose logits this unit reports (plan.owned_samples)
+    logits: np.ndarray  # (len(owned), C) float32
+    row_targets: np.ndarray | None  # (n_rows,) int32 when the worker chose them (predicted:K)
+    seconds: float
+    host: str
+    pid: int
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def open_job_dataset(spec: JobSpec):
+    ds = spec.dataset
+    return open_dataset(
+        ds.kind, ds.root, ds.split, ds.limit,
+        num_samples=ds.num_samples, seed=ds.seed, image_size=ds.image_size,
+    )
+
+
+class UnitWorker:
+    """Everything a worker needs, set up once; `run_unit` per unit of work."""
+
+    def __init__(self, spec_dict: dict, store_path: str, num_classes: int, threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        self.spec: JobSpec = parse_spec(spec_dict, source="spec")
+        self.store_path = store_path
+        self.device = pick_device(self.spec.run.device)
+        self.dataset = open_job_dataset(self.spec)
+        m = self.spec.model
+        self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
+        self.explainers = {
+            name: Explainer(self.model, name, mean=m.mean, std=m.std)
+            for name in self.spec.attribution.composites
+        }
+
+    def _inputs(self, samples: list[int]) -> torch.Tensor:
+        size = self.spec.dataset.image_size
+        m = self.spec.model
+        batch = [to_input(self.dataset.load_image(i), size, m.mean, m.std) for i in samples]
+        return torch.stack(batch).to(self.device)
+
+    def run_unit(
+        self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
+    ) -> UnitResult:
+        """Explain rows [unit.row_start, unit.row_stop); write their shards."""
+        start = time.perf_counter()
+        batch_size = self.spec.run.batch_size
+        samples = sorted(set(rows_sample.tolist()) | set(owned))
+        inputs, logits = {}, {}
+        with torch.no_grad():
+            for i in range(0, len(samples), batch_size):
+                chunk = samples[i : i + batch_size]
+                x = self._inputs(chunk)
+                out = self.model(x).float().cpu().numpy()
+                for j, sample in enumerate(chunk):
+                    inputs[sample], logits[sample] = x[j], out[j]
+
+        targets = rows_target.astype(np.int32, copy=True)
+        chosen = None
+        if (targets == PENDING_TARGET).any():
+            targets = predicted_targets(rows_sample, logits)
+            chosen = targets
+
+        heatmaps = {}
+        for name, explainer in self.explainers.items():
+            maps = []
+            for i in range(0, len(targets), batch_size):
+                x = torch.stack([inputs[s] for s in rows_sample[i : i + batch_size]])
+                t = torch.as_tensor(targets[i : i + batch_size], dtype=torch.long, device=x.device)
+                relevance, _ = explainer.explain(x, t)
+                maps.append(relevance.float().cpu().numpy())
+            heatmaps[name] = np.concatenate(maps)
+        write_unit_heatmaps(self.store_path, unit, heatmaps)
+
+        owned_logits = np.stack([logits[s] for s in owned]) if len(owned) else np.zeros((0, 0))
+        return UnitResult(
+            unit=unit,
+            owned=owned,
+            logits=owned_logits.astype(np.float32),
+            row_targets=chosen,
+            seconds=time.perf_counter() - start,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+
+def predicted_targets(rows_sample: np.ndarray, logits: dict[int, np.ndarray]) -> np.ndarray:
+    """predicted:K — the k-th row of a sample explains its k-th highest logit.
+
+    Units never split a sample under predicted:K (see plan.effective_shard_size),
+    so a sample's rows here are all of its rows, in order.
+    """
+    targets = np.empty(len(rows_sample), dtype=np.int32)
+    rank = 0
+    for i, sample in enumerate(rows_sample):
+        rank = rank + 1 if i and rows_sample[i - 1] == sample else 0
+        order = np.argsort(-logits[int(sample)], kind="stable")
+        targets[i] = order[rank]
+    return targets

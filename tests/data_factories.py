@@ -1,0 +1,162 @@
+"""Small data sets on disk for tests: a PASCAL VOC layout with real JPEGs and XML annotations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from heatjob.data.base import VOC_CLASSES
+
+
+@dataclass(frozen=True)
+class PlannedObject:
+    name: str
+    xmin: int  # VOC: 1-based, inclusive
+    ymin: int
+    xmax: int
+    ymax: int
+    difficult: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    id: str
+    width: int
+    height: int
+    objects: tuple[PlannedObject, ...]
+    float_coordinates: bool = False  # written as "12.0"
+    difficult_tag: bool = True  # False: no <difficult> element (means 0)
+    parts: tuple[PlannedObject, ...] = field(default=())  # <part> boxes of the first object
+
+
+def _random_object(
+    rng: np.random.Generator, name: str, width: int, height: int, difficult: bool = False
+) -> PlannedObject:
+    xmin = int(rng.integers(1, width // 2))
+    ymin = int(rng.integers(1, height // 2))
+    xmax = int(rng.integers(xmin + 5, width + 1))
+    ymax = int(rng.integers(ymin + 5, height + 1))
+    return PlannedObject(name, xmin, ymin, xmax, ymax, difficult)
+
+
+def plan_voc_samples(
+    n: int = 6, seed: int = 0, size_range: tuple[int, int] = (60, 120)
+) -> list[PlannedSample]:
+    """What make_voc_folder writes, sample by sample, in generation order.
+
+    Sample 0 is non-square (width = size_range[1], height = size_range[0]) and holds two "dog"
+    boxes (one at xmin = ymin = 1) and a difficult "person" with a <part>; sample 1 writes float
+    coordinates and no <difficult> element; the rest are random with 1-3 objects.
+    """
+    rng = np.random.default_rng(seed)
+    low, high = size_range
+    numbers = rng.permutation(np.arange(1, 10 * n + 1))[:n]
+    samples = []
+    for index in range(n):
+        sample_id = f"2008_{int(numbers[index]):06d}"
+        if index == 0:
+            width, height = high, low
+            dog = PlannedObject("dog", 1, 1, width // 3, height // 2)
+            objects = (
+                dog,
+                PlannedObject("dog", width // 2, height // 3, width - 2, height),
+                PlannedObject("person", 5, height // 2, width // 2, height - 1, difficult=True),
+            )
+            head = PlannedObject("head", 6, height // 2 + 1, 15, height // 2 + 10)
+            samples.append(
+                PlannedSample(sample_id, width, height, (objects[2],) + objects[:2], parts=(head,))
+            )
+            continue
+        width, height = (int(v) for v in rng.integers(low, high + 1, 2))
+        count = 1 if index == 1 else int(rng.integers(1, 4))
+        objects = tuple(
+            _random_object(
+                rng,
+                str(rng.choice(VOC_CLASSES)),
+                width,
+                height,
+                difficult=index > 1 and bool(rng.random() < 0.25),
+            )
+            for _ in range(count)
+        )
+        samples.append(
+            PlannedSample(
+                sample_id,
+                width,
+                height,
+                objects,
+                float_coordinates=index == 1,
+                difficult_tag=index != 1,
+            )
+        )
+    return samples
+
+
+def _box_xml(obj: PlannedObject, as_float: bool) -> str:
+    def number(value: int) -> str:
+        return f"{value:.1f}" if as_float else str(value)
+
+    return (
+        "<bndbox>"
+        f"<xmin>{number(obj.xmin)}</xmin><ymin>{number(obj.ymin)}</ymin>"
+        f"<xmax>{number(obj.xmax)}</xmax><ymax>{number(obj.ymax)}</ymax>"
+        "</bndbox>"
+    )
+
+
+def annotation_xml(sample: PlannedSample) -> str:
+    """The VOC XML text of one planned sample."""
+    objects = []
+    for position, obj in enumerate(sample.objects):
+        difficult = f"<difficult>{int(obj.difficult)}</difficult>" if sample.difficult_tag else ""
+        parts = "".join(
+            f"<part><name>{part.name}</name>{_box_xml(part, False)}</part>"
+            for part in (sample.parts if position == 0 else ())
+        )
+        objects.append(
+            f"<object><name>{obj.name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"{difficult}{_box_xml(obj, sample.float_coordinates)}{parts}</object>"
+        )
+    return (
+        "<annotation>\n"
+        f"  <folder>VOC2012</folder><filename>{sample.id}.jpg</filename>\n"
+        f"  <size><width>{sample.width}</width><height>{sample.height}</height>"
+        "<depth>3</depth></size>\n"
+        "  <segmented>0</segmented>\n"
+        + "".join(f"  {text}\n" for text in objects)
+        + "</annotation>\n"
+    )
+
+
+def make_voc_folder(
+    root: Path, n: int = 6, seed: int = 0, size_range: tuple[int, int] = (60, 120)
+) -> Path:
+    """Write a small VOC folder at `root` and return it.
+
+    Layout: Annotations/<id>.xml, JPEGImages/<id>.jpg (objects drawn as filled rectangles),
+    ImageSets/Main/train.txt (the first half of plan_voc_samples, in order) and val.txt (the
+    rest). The ids are not in sorted order.
+    """
+    root = Path(root)
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 1])
+    samples = plan_voc_samples(n, seed, size_range)
+    for sample in samples:
+        (root / "Annotations" / f"{sample.id}.xml").write_text(annotation_xml(sample))
+        background = tuple(int(v) for v in rng.integers(0, 256, 3))
+        image = Image.new("RGB", (sample.width, sample.height), background)
+        draw = ImageDraw.Draw(image)
+        for obj in sample.objects:
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            draw.rectangle((obj.xmin - 1, obj.ymin - 1, obj.xmax - 1, obj.ymax - 1), fill=colour)
+        image.save(root / "JPEGImages" / f"{sample.id}.jpg", quality=90)
+    half = (n + 1) // 2
+    splits = {"train": samples[:half], "val": samples[half:]}
+    for split, members in splits.items():
+        text = "".join(f"{sample.id}\n" for sample in members)
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text(text)
+    return root

@@ -1,0 +1,220 @@
+"""End to end on real parts: a generated VOC folder, a real Ray, a real Zarr store.
+
+One Ray is shared by the module (it takes ~10 s to start). Expected values are
+computed independently here: logits by running the model on torchvision's own
+transforms, heatmaps by zennit, metrics by a naive loop over the store.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import ray
+import torch
+import torchvision.transforms as T
+import xarray as xr
+import zarr
+from data_factories import make_voc_folder
+from PIL import Image
+from zennit.attribution import Gradient
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import EpsilonPlusFlat
+
+from heatjob.data.base import VOC_CLASSES
+from heatjob.errors import HeatjobError
+from heatjob.merge import merge
+from heatjob.models import SmallCNN
+from heatjob.spec import parse_spec, with_overrides
+from heatjob.submit import submit
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
+             logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def voc_job(tmp_path_factory, ray_session):
+    """A 6-image VOC folder, a random small CNN with non-trivial batch norm, a finished store."""
+    base = tmp_path_factory.mktemp("job")
+    root = make_voc_folder(base / "VOC", n=12, seed=3)
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=20).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    checkpoint = base / "model.pt"
+    torch.save(model.state_dict(), checkpoint)
+    spec = parse_spec(
+        {
+            "dataset": {"kind": "voc", "root": str(root), "split": "val", "image_size": SIZE},
+            "model": {"arch": "small_cnn", "checkpoint": str(checkpoint), "num_classes": 20},
+            "attribution": {"composites": ["EpsilonPlusFlat", "cmp-a2b1-flat"]},
+            "store": {"path": str(base / "store.zarr"), "dtype": "float32"},
+            "run": {"batch_size": 4, "shard_size": 3, "workers": 2},
+        },
+        source="test.toml",
+    )
+    summary = submit(spec, progress=False)
+    return {"spec": spec, "root": root, "model": model, "summary": summary}
+
+
+def _val_ids(root):
+    return [line.split()[0] for line in (root / "ImageSets/Main/val.txt").read_text().split("\n")
+            if line.strip()]
+
+
+def _inputs(root, ids):
+    transform = T.Compose([T.Resize((SIZE, SIZE)), T.ToTensor(), T.Normalize(MEAN, STD)])
+    images = [Image.open(root / "JPEGImages" / f"{i}.jpg").convert("RGB") for i in ids]
+    return torch.stack([transform(im) for im in images])
+
+
+def test_store_holds_the_contract_layout(voc_job):
+    spec, root = voc_job["spec"], voc_job["root"]
+    store = zarr.open_group(spec.store.path, mode="r")
+    ids = _val_ids(root)
+    assert store["samples/id"][:].tolist() == ids
+    n_rows = len(store["rows/sample"])
+    assert store["heatmaps/EpsilonPlusFlat"].shape == (n_rows, SIZE, SIZE)
+    assert store["heatmaps/EpsilonPlusFlat"].metadata.dimension_names == ("row", "y", "x")
+    assert store["heatmaps/EpsilonPlusFlat"].chunks == (1, SIZE, SIZE)
+    assert store["heatmaps/EpsilonPlusFlat"].shards == (3, SIZE, SIZE)
+    assert store["units/done"][:].all()
+    attrs = store.attrs["heatjob"]
+    assert attrs["classes"] == list(VOC_CLASSES)
+    assert attrs["spec"]["model"]["arch"] == "small_cnn"
+    assert attrs["torch_version"] == torch.__version__ and attrs["version"]
+    assert len(attrs["checkpoint_sha256"]) == 64
+
+    # rows: every class present in a sample, ascending, by sample
+    labels = store["samples/labels"][:]
+    expected = [(s, c) for s in range(len(ids)) for c in np.flatnonzero(labels[s])]
+    got = list(zip(store["rows/sample"][:].tolist(), store["rows/target"][:].tolist(),
+                   strict=True))
+    assert got == expected
+
+    # boxes: the first box of the first sample, read from its XML by hand
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(root / "Annotations" / f"{ids[0]}.xml")
+    width = int(tree.find("size/width").text)
+    height = int(tree.find("size/height").text)
+    bnd = tree.find("object/bndbox")
+    xmin, ymin, xmax, ymax = (float(bnd.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+    first = np.flatnonzero(store["boxes/sample"][:] == 0)[0]
+    np.testing.assert_allclose(
+        store["boxes/xyxy"][first],
+        [(xmin - 1) * SIZE / width, (ymin - 1) * SIZE / height, xmax * SIZE / width,
+         ymax * SIZE / height],
+        rtol=1e-6,
+    )
+    assert store["samples/size"][0].tolist() == [height, width]
+
+
+def test_logits_and_heatmaps_match_independent_computation(voc_job):
+    spec, root, model = voc_job["spec"], voc_job["root"], voc_job["model"]
+    store = zarr.open_group(spec.store.path, mode="r")
+    ids = _val_ids(root)
+    x = _inputs(root, ids)
+    with torch.no_grad():
+        logits = model(x)
+    np.testing.assert_allclose(store["samples/logits"][:], logits.numpy(), rtol=1e-4, atol=1e-5)
+
+    rows_sample = store["rows/sample"][:]
+    rows_target = torch.as_tensor(store["rows/target"][:], dtype=torch.long)
+    xr_ = x[rows_sample].clone().requires_grad_(True)
+    composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    with Gradient(model=model, composite=composite) as attributor:
+        out = model(xr_)
+        grad = torch.zeros_like(out)
+        grad[torch.arange(len(out)), rows_target] = out[torch.arange(len(out)), rows_target]
+        _, relevance = attributor(xr_, grad)
+    expected = relevance.sum(1).detach().numpy()
+    stored = store["heatmaps/EpsilonPlusFlat"][:]
+    scale = np.abs(expected).max()
+    assert np.abs(stored - expected).max() <= 1e-4 * scale
+
+
+def test_xarray_reads_dimension_names(voc_job):
+    path = voc_job["spec"].store.path
+    heatmaps = xr.open_zarr(path, group="heatmaps", zarr_format=3, consolidated=False)
+    assert heatmaps["cmp-a2b1-flat"].dims == ("row", "y", "x")
+    samples = xr.open_zarr(path, group="samples", zarr_format=3, consolidated=False)
+    assert samples["logits"].dims == ("sample", "class")
+    assert float(heatmaps["cmp-a2b1-flat"].isnull().sum()) == 0
+
+
+def test_resume_does_only_missing_units_and_restores_them(voc_job):
+    spec = voc_job["spec"]
+    store = zarr.open_group(spec.store.path, mode="r+")
+    before = store["heatmaps/cmp-a2b1-flat"][:]
+    done = store["units/done"]
+    done[1] = False
+    done[3] = False
+    store["heatmaps/cmp-a2b1-flat"][3:6] = np.zeros((3, SIZE, SIZE))
+    summary = submit(with_overrides(spec, run={"workers": 1}), progress=False)
+    assert summary.units_run == 2
+    assert store["units/done"][:].all()
+    np.testing.assert_array_equal(store["heatmaps/cmp-a2b1-flat"][:], before)
+    again = submit(spec, progress=False)
+    assert again.units_run == 0
+
+
+def test_resume_refuses_a_different_spec(voc_job):
+    spec = voc_job["spec"]
+    other = with_overrides(spec, attribution={"composites": ("EpsilonPlus",)})
+    with pytest.raises(HeatjobError, match=r"\[attribution\] composites"):
+        submit(other, progress=False)
+
+
+def test_overwrite_never_deletes_foreign_folders(voc_job, tmp_path):
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    spec = with_overrides(voc_job["spec"], store={"path": str(foreign)})
+    with pytest.raises(HeatjobError, match="not a heatjob store"):
+        submit(spec, overwrite=True, progress=False)
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+
+
+def test_merge_matches_a_naive_reading_of_the_store(voc_job, tmp_path):
+    path = voc_job["spec"].store.path
+    report = merge(path, json_path=str(tmp_path / "m.json"), progress=False)
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert set(written) == {"EpsilonPlusFlat", "cmp-a2b1-flat"}
+    assert written == report.metrics
+    assert zarr.open_group(path, mode="r").attrs["metrics"] == written
+
+    store = zarr.open_group(path, mode="r")
+    heatmaps = store["heatmaps/EpsilonPlusFlat"][:].astype(np.float64)
+    rows_sample, rows_target = store["rows/sample"][:], store["rows/target"][:]
+    boxes, box_sample, box_class = (store["boxes/xyxy"][:], store["boxes/sample"][:],
+                                    store["boxes/class"][:])
+    centres = np.arange(SIZE) + 0.5
+    masses = []
+    for r, (s, t) in enumerate(zip(rows_sample, rows_target, strict=True)):
+        mask = np.zeros((SIZE, SIZE), bool)
+        for x0, y0, x1, y1 in boxes[(box_sample == s) & (box_class == t)]:
+            mask |= ((centres[:, None] >= y0) & (centres[:, None] < y1)
+                     & (centres[None, :] >= x0) & (centres[None, :] < x1))
+        positive = np.clip(heatmaps[r], 0, None)
+        masses.append(positive[mask].sum() / positive.sum() if positive.sum() else 0.0)
+    metrics = written["EpsilonPlusFlat"]
+    assert metrics["n_rows"] == len(rows_sample)
+    assert metrics["relevance_mass"] == pytest.approx(np.mean(masses), abs=1e-5)
+    for key in ("pointing_game", "relevance_mass_weighted", "relevance_rank", "pixel_ap"):
+        assert metrics[key] is not None
