@@ -134,8 +134,10 @@ def status(
         typer.echo(json.dumps(report, indent=2))
         return
     state = "complete" if done.all() else "incomplete"
-    typer.echo(f"{store}: {state}, {report['units_done']}/{len(units)} units, "
-               f"{rows_done}/{rows_total} rows")
+    typer.echo(
+        f"{store}: {state}, {report['units_done']}/{len(units)} units, "
+        f"{rows_done}/{rows_total} rows"
+    )
     width = max(len(c) for c in info.composites)
     for composite in info.composites:
         typer.echo(f"  {composite.ljust(width)}  {int(done.sum())}/{len(units)} units")

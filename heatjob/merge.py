@@ -71,7 +71,8 @@ def row_geometry(root: zarr.Group) -> RowGeometry:
     for b, key in enumerate(zip(box_sample.tolist(), box_class.tolist(), strict=True)):
         by_key.setdefault(key, []).append(b)
     scored = [
-        r for r, key in enumerate(zip(rows_sample.tolist(), rows_target.tolist(), strict=True))
+        r
+        for r, key in enumerate(zip(rows_sample.tolist(), rows_target.tolist(), strict=True))
         if key in by_key
     ]
     rows = np.asarray(scored, dtype=np.int64)
@@ -114,8 +115,12 @@ def aggregate(per_row: dict, geometry: RowGeometry, gt: dict) -> dict[str, float
         gt_c = gt["class"] == c
         box_ap.append(
             metrics.voc_average_precision(
-                per_row["box"][det], geometry.score[det], geometry.sample[det],
-                gt["xyxy"][gt_c], gt["sample"][gt_c], gt["difficult"][gt_c],
+                per_row["box"][det],
+                geometry.score[det],
+                geometry.sample[det],
+                gt["xyxy"][gt_c],
+                gt["sample"][gt_c],
+                gt["difficult"][gt_c],
             )
         )
     box_ap = [v for v in box_ap if not np.isnan(v)]
@@ -177,7 +182,7 @@ def merge(path: str, json_path: str | None = None, progress: bool = True) -> Mer
         baselines = {b: dict(empty) for b in BASELINES}
     else:
         geometry = row_geometry(root)
-        n_rows = len(root["rows/sample"])
+        n_rows = root["rows/sample"].shape[0]
         if len(geometry.rows) < n_rows:
             notes.append(
                 f"{n_rows - len(geometry.rows)} of {n_rows} rows not scored: "
@@ -196,8 +201,9 @@ def merge(path: str, json_path: str | None = None, progress: bool = True) -> Mer
             sources[composite] = lambda unit, a=array: a[unit.row_start : unit.row_stop]
         per_row: dict[str, dict[str, list]] = {name: {} for name in [*sources, *BASELINES]}
         blocks = list(_blocks(root, info, geometry))
-        for unit, index in tqdm(blocks, desc="merge", unit="shard", disable=not progress,
-                                file=sys.stderr, leave=False):
+        for unit, index in tqdm(
+            blocks, desc="merge", unit="shard", disable=not progress, file=sys.stderr, leave=False
+        ):
             local = geometry.rows[index] - unit.row_start
             maps = {name: read(unit)[local] for name, read in sources.items()}
             maps["baseline:random"] = random_heatmaps(geometry.rows[index], size)

@@ -52,7 +52,9 @@ OWN_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"small_cnn": SmallCNN}
 
 
 def known_architectures() -> list[str]:
-    return sorted(set(torchvision.models.list_models(module=torchvision.models)) | set(OWN_ARCHITECTURES))
+    return sorted(
+        set(torchvision.models.list_models(module=torchvision.models)) | set(OWN_ARCHITECTURES)
+    )
 
 
 def check_architecture(arch: str, source: str = "spec") -> None:
@@ -61,12 +63,16 @@ def check_architecture(arch: str, source: str = "spec") -> None:
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise SpecError(f"{source}: [model] arch {arch!r} is not a known classification model{hint}")
+        raise SpecError(
+            f"{source}: [model] arch {arch!r} is not a known classification model{hint}"
+        )
 
 
 def check_weights_name(arch: str, weights: str, source: str = "spec") -> None:
     if arch in OWN_ARCHITECTURES:
-        raise SpecError(f"{source}: [model] weights: {arch} has no torchvision weights; use checkpoint")
+        raise SpecError(
+            f"{source}: [model] weights: {arch} has no torchvision weights; use checkpoint"
+        )
     names = [w.name for w in torchvision.models.get_model_weights(arch)]
     if weights not in names and weights != "DEFAULT":
         raise SpecError(
@@ -112,7 +118,9 @@ def load_checkpoint(model: nn.Module, checkpoint: str, arch: str, source: str = 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SpecError(f"{source}: [model] checkpoint {checkpoint} is not a torch file: {exc}") from None
+        raise SpecError(
+            f"{source}: [model] checkpoint {checkpoint} is not a torch file: {exc}"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

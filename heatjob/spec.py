@@ -129,9 +129,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> JobSpec:
         raise SpecError(f"{source}: a job spec is a TOML table")
     for section in raw:
         if section not in _SECTIONS:
-            raise SpecError(
-                f"{source}: unknown section [{section}]; known: {', '.join(_SECTIONS)}"
-            )
+            raise SpecError(f"{source}: unknown section [{section}]; known: {', '.join(_SECTIONS)}")
     for required in ("dataset", "model", "attribution", "store"):
         if required not in raw:
             raise SpecError(f"{source}: missing section [{required}]")
@@ -150,9 +148,7 @@ def _section(table: Any, name: str, cls: type, source: str) -> Any:
     values = {}
     for key, value in table.items():
         if key not in fields:
-            raise SpecError(
-                f"{source}: unknown key [{name}] {key}; known: {', '.join(fields)}"
-            )
+            raise SpecError(f"{source}: unknown key [{name}] {key}; known: {', '.join(fields)}")
         values[key] = _coerce(value, fields[key], f"[{name}] {key}", source)
     missing = [
         f.name

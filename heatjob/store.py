@@ -59,8 +59,12 @@ class StoreInfo:
 
 
 def provenance(
-    spec_dict: dict, classes: Sequence[str], checkpoint_sha256: str, shard_size: int,
-    has_boxes: bool, n_units: int,
+    spec_dict: dict,
+    classes: Sequence[str],
+    checkpoint_sha256: str,
+    shard_size: int,
+    has_boxes: bool,
+    n_units: int,
 ) -> dict[str, Any]:
     """The `heatjob` root attribute: how this store's heatmaps were made."""
     return {
@@ -97,21 +101,31 @@ def create_store(
     root = zarr.open_group(path, mode="w", zarr_format=3)
     n_samples, n_classes = sample_labels.shape
 
-    def small(name: str, data: np.ndarray, dims: tuple[str, ...], fill: Any = None) -> None:
+    def small(
+        name: str, data: np.ndarray, dims: tuple[str, ...], fill: Any = None, dtype: Any = None
+    ) -> None:
         chunks = (max(1, min(_BLOCK, data.shape[0])),) + data.shape[1:]
         array = root.create_array(
-            name, shape=data.shape, dtype=data.dtype, chunks=chunks,
-            dimension_names=dims, fill_value=fill,
+            name,
+            shape=data.shape,
+            dtype=dtype or data.dtype,
+            chunks=chunks,
+            dimension_names=dims,
+            fill_value=fill,
         )
         if data.size:
             array[...] = data
 
-    small("samples/id", np.asarray(sample_ids, dtype=str), ("sample",))
+    # variable-length UTF-8: the string type Zarr v3 specifies
+    small("samples/id", np.asarray(sample_ids, dtype=object), ("sample",), dtype=str)
     small("samples/size", np.asarray(sample_sizes, dtype=np.int32), ("sample", "hw"))
     small("samples/labels", np.asarray(sample_labels, dtype=bool), ("sample", "class"))
     root.create_array(
-        "samples/logits", shape=(n_samples, n_classes), dtype="float32",
-        chunks=(max(1, min(_BLOCK, n_samples)), n_classes), dimension_names=("sample", "class"),
+        "samples/logits",
+        shape=(n_samples, n_classes),
+        dtype="float32",
+        chunks=(max(1, min(_BLOCK, n_samples)), n_classes),
+        dimension_names=("sample", "class"),
         fill_value=np.nan,
     )
     small("boxes/sample", np.asarray(boxes_sample, dtype=np.int64), ("box",))
@@ -123,9 +137,13 @@ def create_store(
     size = image_size
     for composite in composites:
         root.create_array(
-            f"heatmaps/{composite}", shape=(plan.n_rows, size, size), dtype=dtype,
-            chunks=(1, size, size), shards=(plan.shard_size, size, size),
-            dimension_names=("row", "y", "x"), fill_value=np.nan,
+            f"heatmaps/{composite}",
+            shape=(plan.n_rows, size, size),
+            dtype=dtype,
+            chunks=(1, size, size),
+            shards=(plan.shard_size, size, size),
+            dimension_names=("row", "y", "x"),
+            fill_value=np.nan,
         )
     small("units/done", np.zeros(len(plan.units), dtype=bool), ("unit",), fill=False)
     # Written last: a store whose attributes are missing was interrupted while being created.

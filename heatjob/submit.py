@@ -99,8 +99,14 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
 
     records = [
         dataset.record(i)
-        for i in tqdm(range(len(dataset)), desc="annotations", unit="img", disable=not progress,
-                      leave=False, file=sys.stderr)
+        for i in tqdm(
+            range(len(dataset)),
+            desc="annotations",
+            unit="img",
+            disable=not progress,
+            leave=False,
+            file=sys.stderr,
+        )
     ]
     if not records:
         raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
@@ -128,21 +134,41 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     }
     sha = file_sha256(m.checkpoint) if m.checkpoint else ""
     return PreparedJob(
-        spec, num_classes, classes, dataset.has_boxes, plan, arrays,
-        [r.id for r in records], sha,
+        spec,
+        num_classes,
+        classes,
+        dataset.has_boxes,
+        plan,
+        arrays,
+        [r.id for r in records],
+        sha,
     )
 
 
 def _create(job: PreparedJob) -> None:
     spec, a = job.spec, job.arrays
     attrs = provenance(
-        spec.to_dict(), job.classes, job.checkpoint_sha256, job.plan.shard_size,
-        job.has_boxes, len(job.plan.units),
+        spec.to_dict(),
+        job.classes,
+        job.checkpoint_sha256,
+        job.plan.shard_size,
+        job.has_boxes,
+        len(job.plan.units),
     )
     create_store(
-        spec.store.path, attrs, job.plan, job.sample_ids, a["sizes"], a["labels"],
-        a["boxes_sample"], a["boxes_class"], a["boxes_xyxy"], a["boxes_difficult"],
-        spec.attribution.composites, spec.dataset.image_size, spec.store.dtype,
+        spec.store.path,
+        attrs,
+        job.plan,
+        job.sample_ids,
+        a["sizes"],
+        a["labels"],
+        a["boxes_sample"],
+        a["boxes_class"],
+        a["boxes_xyxy"],
+        a["boxes_difficult"],
+        spec.attribution.composites,
+        spec.dataset.image_size,
+        spec.store.dtype,
     )
 
 
@@ -158,8 +184,10 @@ def _refuse_overwrite(path: Path) -> None:
     except HeatjobError:
         pass
     names = {p.name for p in path.iterdir()}
-    if names and not ("zarr.json" in names and names <= {"zarr.json", "samples", "boxes",
-                                                         "rows", "heatmaps", "units"}):
+    if names and not (
+        "zarr.json" in names
+        and names <= {"zarr.json", "samples", "boxes", "rows", "heatmaps", "units"}
+    ):
         raise HeatjobError(f"--overwrite refused: {path} is not a heatjob store; not touching it")
 
 
@@ -215,8 +243,14 @@ def submit(
     try:
         workers = plan_workers(spec.run.workers, spec.run.device, len(pending))
         rows_todo = sum(u.n_rows for u in pending)
-        bar = tqdm(total=rows_todo, desc=f"heatmaps ({workers.describe()})", unit="row",
-                   disable=not progress, file=sys.stderr, smoothing=0.1)
+        bar = tqdm(
+            total=rows_todo,
+            desc=f"heatmaps ({workers.describe()})",
+            unit="row",
+            disable=not progress,
+            file=sys.stderr,
+            smoothing=0.1,
+        )
 
         def on_result(result: UnitResult) -> None:
             finish_unit(root, result.unit, result.owned, result.logits, result.row_targets)
@@ -224,8 +258,15 @@ def submit(
 
         with bar:
             run_units(
-                spec.to_dict(), str(path), job.num_classes, len(job.sample_ids),
-                job.plan.rows_sample, job.plan.rows_target, pending, workers, on_result,
+                spec.to_dict(),
+                str(path),
+                job.num_classes,
+                len(job.sample_ids),
+                job.plan.rows_sample,
+                job.plan.rows_target,
+                pending,
+                workers,
+                on_result,
             )
     finally:
         if started_ray:
@@ -233,6 +274,10 @@ def submit(
 
             ray.shutdown()
     return SubmitSummary(
-        str(path), len(units), len(pending), rows_todo, time.perf_counter() - started,
+        str(path),
+        len(units),
+        len(pending),
+        rows_todo,
+        time.perf_counter() - started,
         workers.describe(),
     )

@@ -44,8 +44,13 @@ def pick_device(requested: str) -> torch.device:
 def open_job_dataset(spec: JobSpec):
     ds = spec.dataset
     return open_dataset(
-        ds.kind, ds.root, ds.split, ds.limit,
-        num_samples=ds.num_samples, seed=ds.seed, image_size=ds.image_size,
+        ds.kind,
+        ds.root,
+        ds.split,
+        ds.limit,
+        num_samples=ds.num_samples,
+        seed=ds.seed,
+        image_size=ds.image_size,
     )
 
 

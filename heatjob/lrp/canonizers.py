@@ -159,11 +159,24 @@ def _fold_into(layer: nn.Module, bn: nn.Module) -> None:
     layer.bias = nn.Parameter((bias - mean) * scale + shift, requires_grad=False)
 
 
-def fold_batch_norms(gm: fx.GraphModule) -> None:
+def _make_zennit_identity(bn: nn.Module) -> None:
+    # zennit 0.5.1 leaves a folded batch norm in the graph with weight 1, bias 0, mean 0, var 1
+    # but its eps kept, so it still scales by 1/sqrt(1 + eps) in the forward pass (its backward
+    # passes relevance through).
+    if bn.weight is not None:
+        bn.weight.data.fill_(1.0)
+        bn.bias.data.zero_()
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0)
+
+
+def fold_batch_norms(gm: fx.GraphModule, zennit_leftovers: bool = False) -> None:
     """Merge each batch norm that directly follows a conv/linear layer into that layer, in place.
 
     Only where the layer's output feeds nothing but the batch norm and the layer module is called
     once, so folding cannot change any other path. Other batch norms stay (and pass relevance).
+    With `zennit_leftovers` a folded batch norm stays in the graph as zennit leaves it (see
+    `_make_zennit_identity`), so zennit-named composites give zennit's heatmaps bit for bit.
     """
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
@@ -182,6 +195,9 @@ def fold_batch_norms(gm: fx.GraphModule) -> None:
         if not isinstance(layer, AFFINE_LAYERS):
             continue
         _fold_into(layer, bn)
+        if zennit_leftovers:
+            _make_zennit_identity(bn)
+            continue
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
     gm.graph.lint()
@@ -189,7 +205,7 @@ def fold_batch_norms(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def canonize(model: nn.Module) -> fx.GraphModule:
+def canonize(model: nn.Module, zennit_leftovers: bool = False) -> fx.GraphModule:
     """A checked, batch-norm-folded fx copy of `model` in eval mode; `model` is left untouched."""
     gm = trace(model)
     check_supported(gm)
@@ -198,5 +214,5 @@ def canonize(model: nn.Module) -> fx.GraphModule:
     for param in gm.parameters():
         param.requires_grad_(False)
     with torch.no_grad():
-        fold_batch_norms(gm)
+        fold_batch_norms(gm, zennit_leftovers)
     return gm

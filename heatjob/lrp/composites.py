@@ -20,9 +20,7 @@ from heatjob.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, Z, ZBox
 # presets (LRPSequentialCompositeA/B), the implementation family the paper's strategies come from.
 PAPER_EPSILON = 0.1
 
-SHARED_RULES = (
-    "avgpool/residual sum: norm; relu/batch norm: pass; max-pool: winner-takes-all"
-)
+SHARED_RULES = "avgpool/residual sum: norm; relu/batch norm: pass; max-pool: winner-takes-all"
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,8 @@ class Composite:
     linear: Rule
     first: Rule | None = None
     first_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+    # Reproduce zennit 0.5.1 exactly, down to the batch norms its canonizer leaves behind.
+    zennit_compatible: bool = False
 
     def rule_for(self, layer: nn.Module, is_first: bool) -> Rule:
         if is_first and self.first is not None:
@@ -84,19 +84,14 @@ def describe_composite(name: str) -> str:
 
 
 # zennit 0.5.1's composites with their default parameters.
-register(Composite("EpsilonPlus", conv=AlphaBeta(1, 0), linear=Epsilon(1e-6)))
-register(Composite("EpsilonAlpha2Beta1", conv=AlphaBeta(2, 1), linear=Epsilon(1e-6)))
-register(Composite("EpsilonPlusFlat", conv=AlphaBeta(1, 0), linear=Epsilon(1e-6), first=Flat()))
-register(
-    Composite("EpsilonAlpha2Beta1Flat", conv=AlphaBeta(2, 1), linear=Epsilon(1e-6), first=Flat())
-)
+_ZENNIT = {"linear": Epsilon(1e-6), "zennit_compatible": True}
+register(Composite("EpsilonPlus", conv=AlphaBeta(1, 0), **_ZENNIT))
+register(Composite("EpsilonAlpha2Beta1", conv=AlphaBeta(2, 1), **_ZENNIT))
+register(Composite("EpsilonPlusFlat", conv=AlphaBeta(1, 0), first=Flat(), **_ZENNIT))
+register(Composite("EpsilonAlpha2Beta1Flat", conv=AlphaBeta(2, 1), first=Flat(), **_ZENNIT))
 register(
     Composite(
-        "EpsilonGammaBox",
-        conv=Gamma(0.25),
-        linear=Epsilon(1e-6),
-        first=ZBox(),
-        first_types=(nn.Conv2d,),
+        "EpsilonGammaBox", conv=Gamma(0.25), first=ZBox(), first_types=(nn.Conv2d,), **_ZENNIT
     )
 )
 

@@ -91,7 +91,9 @@ class PassLayer(nn.Module):
         self.module = module
 
     def forward(self, x: Tensor) -> Tensor:
-        return _PassFunction.apply(x, self.module)
+        # Never in place: the layer before saved its output for its own rule.
+        fn = _relu if isinstance(self.module, nn.ReLU) else self.module
+        return _PassFunction.apply(x, fn)
 
 
 class ProportionalLayer(nn.Module):
@@ -191,7 +193,8 @@ class Explainer:
         std_t = torch.tensor(std, dtype=torch.float32)
         self.low = (0 - mean_t) / std_t
         self.high = (1 - mean_t) / std_t
-        self.model = attach_rules(canonize(model), self.composite, self.low, self.high)
+        gm = canonize(model, zennit_leftovers=self.composite.zennit_compatible)
+        self.model = attach_rules(gm, self.composite, self.low, self.high)
 
     def explain(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Heatmaps (n, H, W) for target class targets[i] of image x[i], and the logits (n, C).

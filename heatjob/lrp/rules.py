@@ -28,6 +28,12 @@ from torch import Tensor, nn
 STABILIZER = 1e-6
 
 
+def number(value: float) -> str:
+    """Compact text for a rule parameter: 1e-6, 0.25, 2."""
+    mantissa, _, exponent = f"{value:g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """z + epsilon * sign(z), with sign(0) = +1 so that no denominator is zero."""
     sign = (z >= 0).to(z.dtype) * 2 - 1
@@ -65,7 +71,9 @@ class Affine:
         elif isinstance(layer, nn.Linear):
             self._conv = None
         else:
-            raise TypeError(f"an LRP rule needs a Conv2d or Linear layer, not {type(layer).__name__}")
+            raise TypeError(
+                f"an LRP rule needs a Conv2d or Linear layer, not {type(layer).__name__}"
+            )
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if self._conv is None:
@@ -119,7 +127,7 @@ class Rule(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """A short name with parameters, e.g. 'epsilon(1e-06)'."""
+        """A short name with parameters, e.g. 'epsilon(1e-6)'."""
 
 
 def _split_signs(w: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -138,7 +146,7 @@ class Epsilon(Rule):
         return x * affine.backward(r / stabilize(z, self.epsilon), affine.weight, x.shape)
 
     def describe(self) -> str:
-        return f"epsilon({self.epsilon:g})"
+        return f"epsilon({number(self.epsilon)})"
 
 
 class Z(Epsilon):
@@ -162,7 +170,9 @@ class AlphaBeta(Rule):
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = STABILIZER):
         if alpha < 0 or beta < 0 or alpha - beta != 1:
-            raise ValueError(f"alpha-beta needs alpha, beta >= 0 and alpha - beta = 1, got {alpha}, {beta}")
+            raise ValueError(
+                f"alpha-beta needs alpha, beta >= 0 and alpha - beta = 1, got {alpha}, {beta}"
+            )
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.stabilizer = float(stabilizer)
@@ -192,7 +202,7 @@ class AlphaBeta(Rule):
         )
 
     def describe(self) -> str:
-        return f"alpha{self.alpha:g}-beta{self.beta:g}"
+        return f"alpha{number(self.alpha)}-beta{number(self.beta)}"
 
 
 class Flat(Rule):
@@ -238,7 +248,7 @@ BoundValue = float | Sequence[float] | Tensor
 
 
 def _expand_bound(bound: Tensor, x: Tensor) -> Tensor:
-    """A per-channel bound as a tensor shaped like x (for a Linear behind Flatten: channel-major)."""
+    """A per-channel bound shaped like x (channel-major for a Linear behind a Flatten)."""
     bound = bound.to(device=x.device, dtype=x.dtype)
     if bound.ndim == 1 and bound.numel() > 1:
         channels = bound.numel()
@@ -333,7 +343,7 @@ class Gamma(Rule):
         )
 
     def describe(self) -> str:
-        return f"gamma({self.gamma:g})"
+        return f"gamma({number(self.gamma)})"
 
 
 def norm_relevance(

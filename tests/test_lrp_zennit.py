@@ -1,0 +1,141 @@
+"""Heatmaps on torchvision models against zennit 0.5.1, the independent reference.
+
+zennit folds a batch norm into the conv before it and then leaves the batch norm as "identity"
+with running_var = 1 but its eps unchanged, so its canonized model still divides by
+sqrt(1 + eps) after every folded batch norm (about 5e-6 each, ~1e-4 relative on resnet50).
+heatjob's zennit-named composites reproduce that leftover, so they equal stock zennit; the
+paper's composites fold exactly (their logits equal the model's).
+"""
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from zennit.attribution import Gradient
+from zennit.composites import (
+    EpsilonAlpha2Beta1,
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+)
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+from heatjob.lrp import Explainer, composite_names
+
+NUM_CLASSES = 10
+MEAN = torch.tensor([0.485, 0.456, 0.406])
+STD = torch.tensor([0.229, 0.224, 0.225])
+LOW = ((0 - MEAN) / STD).view(1, 3, 1, 1)
+HIGH = ((1 - MEAN) / STD).view(1, 3, 1, 1)
+ZENNIT = {
+    "EpsilonPlus": lambda canonizers: EpsilonPlus(canonizers=canonizers),
+    "EpsilonAlpha2Beta1": lambda canonizers: EpsilonAlpha2Beta1(canonizers=canonizers),
+    "EpsilonPlusFlat": lambda canonizers: EpsilonPlusFlat(canonizers=canonizers),
+    "EpsilonAlpha2Beta1Flat": lambda canonizers: EpsilonAlpha2Beta1Flat(canonizers=canonizers),
+    "EpsilonGammaBox": lambda canonizers: EpsilonGammaBox(LOW, HIGH, canonizers=canonizers),
+}
+MODELS = ["vgg11", "vgg11_bn", "resnet18"]
+STRICT = 1e-6  # measured: 0 (bit-identical) on CPU
+
+
+def randomize(model: nn.Module) -> nn.Module:
+    """Non-trivial biases and batch-norm statistics, so folding and bias terms are exercised."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+            elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                module.bias.normal_(0, 0.05)
+    return model.eval()
+
+
+def build(name: str) -> nn.Module:
+    model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
+    if name.startswith("vgg"):  # same layer types, a classifier of 64 instead of 4096 units
+        model.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 64),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(64, 64),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(64, NUM_CLASSES),
+        )
+    return randomize(model)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {name: build(name) for name in MODELS}
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    pixels = torch.rand(2, 3, 32, 32)
+    return (pixels - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1), torch.tensor([3, 7])
+
+
+def zennit_heatmap(model, name, composite, x, targets):
+    model = copy.deepcopy(model)
+    canonizers = [ResNetCanonizer()] if name.startswith("resnet") else [VGGCanonizer()]
+    with Gradient(model, ZENNIT[composite](canonizers)) as attributor:
+        seed = torch.eye(NUM_CLASSES)[targets]
+        _, relevance = attributor(x.clone(), lambda output: seed * output)
+    return relevance.sum(1)
+
+
+@pytest.mark.parametrize("composite", list(ZENNIT))
+@pytest.mark.parametrize("name", MODELS)
+def test_matches_zennit(models, batch, name, composite):
+    x, targets = batch
+    ours, logits = Explainer(models[name], composite).explain(x, targets)
+    assert ours.shape == (2, 32, 32) and logits.shape == (2, NUM_CLASSES)
+
+    reference = zennit_heatmap(models[name], name, composite, x, targets)
+    scale = reference.abs().max()
+    assert scale > 0
+    assert (ours - reference).abs().max() <= STRICT * scale
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_paper_composites_fold_batch_norm_exactly(models, batch, name):
+    x, targets = batch
+    _, logits = Explainer(models[name], "cmp-a2b1-flat").explain(x, targets)
+    with torch.no_grad():
+        expected = models[name](x)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18"])
+def test_every_composite_runs(models, batch, name):
+    x, targets = batch
+    with torch.no_grad():
+        expected_logits = models[name](x)
+    for composite in composite_names():
+        heatmap, logits = Explainer(models[name], composite).explain(x, targets)
+        assert heatmap.shape == (2, 32, 32) and heatmap.dtype == torch.float32, composite
+        assert torch.isfinite(heatmap).all() and heatmap.abs().sum() > 0, composite
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18"])
+def test_callers_model_is_untouched(models, batch, name):
+    model = models[name]
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    kinds = [type(module) for module in model.modules()]
+    Explainer(model, "EpsilonGammaBox").explain(*batch)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert [type(module) for module in model.modules()] == kinds
+    assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    assert all(param.requires_grad for param in model.parameters())
+    assert all(param.grad is None for param in model.parameters())
