@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +226,9 @@ def merge(path: str, json_path: str | None = None, progress: bool = True) -> Mer
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "notes": notes,
     }
-    zarr.consolidate_metadata(path)
+    with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(path)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Localisation metrics for heatmaps against bounding boxes (pure numpy / scipy).
+"""Localisation metrics for heatmaps against bounding boxes (pure numpy).
 
 Conventions shared by every function:
 
@@ -16,7 +16,6 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "box_masks",
@@ -287,42 +286,38 @@ def pixel_average_precision(heatmaps, masks) -> np.ndarray:
 # -------------------------------------------------------------------------- box AP
 
 
-def heatmap_boxes(heatmaps) -> np.ndarray:
+BOX_RELEVANCE_SHARE = 0.5
+
+
+def heatmap_boxes(heatmaps, share: float = BOX_RELEVANCE_SHARE) -> np.ndarray:
     """(n, 4) float64: one box per heatmap for box AP, in half-open pixel coordinates.
 
-    Definition: let m be the map's maximum relevance. If m <= 0 (no positive
-    relevance) the box is the whole image ``(0, 0, S, S)``. Otherwise take the pixels
-    with relevance >= 0.5 * m, split them into 8-connected components and return
-    the bounding box of the component with the most pixels (ties: the component
-    whose first pixel comes first in row-major order). A single pixel (y, x) gives
-    ``(x, y, x+1, y+1)``.
+    Definition: rank the pixels by positive relevance R+ = max(R, 0); take the
+    smallest top set that holds at least `share` (default half) of the map's total
+    R+ (every pixel tied with the last one taken is taken too); the box is that
+    set's bounding box. A map with no positive relevance gives the whole image
+    ``(0, 0, S, S)``. A single pixel (y, x) gives ``(x, y, x+1, y+1)``.
+
+    Why not "pixels above a fraction of the maximum": LRP maps are spiky, so the
+    maximum is often one pixel and such a box covers a speck, not the object.
     """
     n, s = heatmaps.shape[0], heatmaps.shape[1]
     out = np.zeros((n, 4), dtype=np.float64)
     out[:, 2:] = s
-    # 8-connected within a map, never across maps
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True
     for a, b in _blocks(n, s):
         r = b - a
         h = np.asarray(heatmaps[a:b])
-        h = h.astype(_score_dtype(h.dtype), copy=False)
-        peak = h.reshape(r, -1).max(axis=1)
-        pos = peak > 0
-        fg = (h >= (0.5 * peak)[:, None, None]) & pos[:, None, None]
-        labels, nlab = ndimage.label(fg, structure=structure)
-        if nlab == 0:
-            continue
-        sizes = np.bincount(labels.ravel(), minlength=nlab + 1)
-        last = labels.reshape(r, -1).max(axis=1)  # labels run in scan order, row by row
-        best = np.zeros(r, dtype=labels.dtype)
-        first = 1
-        for i in np.nonzero(pos)[0]:
-            best[i] = first + int(np.argmax(sizes[first : last[i] + 1]))
-            first = last[i] + 1
-        sel = labels == best[:, None, None]
-        ys = sel.any(axis=2)  # (r, S): rows of the map the component touches
-        xs = sel.any(axis=1)
+        positive = np.clip(h.astype(_score_dtype(h.dtype), copy=False), 0, None).reshape(r, -1)
+        ranked = -np.sort(-positive, axis=1)
+        held = np.cumsum(ranked, axis=1, dtype=np.float64)
+        total = held[:, -1]
+        has = total > 0
+        last = np.argmax(held >= (share * total)[:, None], axis=1)
+        threshold = ranked[np.arange(r), last]
+        selected = (positive >= threshold[:, None]) & (positive > 0)
+        selected = selected.reshape(r, s, s)
+        ys = selected.any(axis=2)
+        xs = selected.any(axis=1)
         box = np.stack(
             [
                 np.argmax(xs, axis=1),
@@ -332,7 +327,7 @@ def heatmap_boxes(heatmaps) -> np.ndarray:
             ],
             axis=1,
         )
-        out[a:b][pos] = box[pos]
+        out[a:b][has] = box[has]
     return out
 
 

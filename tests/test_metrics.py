@@ -100,36 +100,6 @@ def _devkit_ap(det_boxes, det_scores, det_sample, gt_boxes, gt_sample, gt_diffic
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
-def _naive_heatmap_box(h):
-    """Flood fill (8-neighbours) over pixels >= half the positive max; biggest, first."""
-    s = h.shape[0]
-    peak = float(h.max())
-    if peak <= 0:
-        return (0.0, 0.0, float(s), float(s))
-    fg = h >= 0.5 * peak
-    seen = np.zeros_like(fg)
-    best = None
-    for y in range(s):
-        for x in range(s):
-            if fg[y, x] and not seen[y, x]:
-                stack, comp = [(y, x)], []
-                seen[y, x] = True
-                while stack:
-                    cy, cx = stack.pop()
-                    comp.append((cy, cx))
-                    for dy in (-1, 0, 1):
-                        for dx in (-1, 0, 1):
-                            ny, nx = cy + dy, cx + dx
-                            if 0 <= ny < s and 0 <= nx < s and fg[ny, nx] and not seen[ny, nx]:
-                                seen[ny, nx] = True
-                                stack.append((ny, nx))
-                if best is None or len(comp) > len(best):
-                    best = comp
-    ys = [p[0] for p in best]
-    xs = [p[1] for p in best]
-    return (float(min(xs)), float(min(ys)), float(max(xs) + 1), float(max(ys) + 1))
-
-
 # --------------------------------------------------------------------------- box_masks
 
 
@@ -396,34 +366,55 @@ def test_pixel_ap_blocks_of_rows():
 
 def test_heatmap_boxes_hand():
     s = 5
-    # Row 0: a diagonal chain (0,0), (1,1), (2,2) of 0.6 is one 8-connected component of 3
-    # pixels -> (0, 0, 3, 3); the peak 1.0 at (4,4) is a component of 1; 0.4 at (0,4) is below
-    # 0.5 * 1.0 and negative values never count.
+    # Row 0: R+ = 4 at (y=0,x=0), 3 at (4,4), 2 at (2,1), 1 at (0,4); total 10, half = 5.
+    # Top set: 4 (held 4 < 5), then 3 (held 7 >= 5) -> pixels (0,0) and (4,4): x and y span
+    # 0..4 -> (0, 0, 5, 5). Negative values never count.
     r0 = np.full((s, s), -5.0)
-    r0[0, 0] = r0[1, 1] = r0[2, 2] = 0.6
-    r0[4, 4] = 1.0
-    r0[0, 4] = 0.4
+    r0[0, 0], r0[4, 4], r0[2, 1], r0[0, 4] = 4.0, 3.0, 2.0, 1.0
     # Row 1: all zero -> whole image. Row 2: all negative -> whole image.
     # Row 3: single positive pixel (y=2, x=3) -> (3, 2, 4, 3).
     r3 = np.zeros((s, s))
     r3[2, 3] = 0.1
-    # Row 4: two equal single-pixel components (0,3) and (2,0): first in row-major -> (3,0,4,1).
+    # Row 4: 6 at (1,1) holds 6 of 10 >= 5 -> just (1, 1, 2, 2); 4 at (3,3) is not needed.
     r4 = np.zeros((s, s))
-    r4[0, 3] = r4[2, 0] = 1.0
-    # Row 5: a component on the right/bottom border: column 4, rows 3-4 -> (4, 3, 5, 5).
+    r4[1, 1], r4[3, 3] = 6.0, 4.0
+    # Row 5: a tie: 2 at (3,4) and (4,4) and (0,0): total 6, half 3; the first 2 holds 2 < 3,
+    # the second reaches 4 >= 3, and the third ties with it -> all three -> (0, 0, 5, 5).
     r5 = np.zeros((s, s))
-    r5[3:, 4] = 1.0
-    h = np.stack([r0, np.zeros((s, s)), -np.ones((s, s)), r3, r4, r5]).astype(np.float16)
+    r5[3, 4] = r5[4, 4] = r5[0, 0] = 2.0
+    # Row 6: a column on the right border, rows 3-4, equal values -> (4, 3, 5, 5).
+    r6 = np.zeros((s, s))
+    r6[3:, 4] = 1.0
+    h = np.stack([r0, np.zeros((s, s)), -np.ones((s, s)), r3, r4, r5, r6]).astype(np.float16)
     got = M.heatmap_boxes(h)
-    want = [[0, 0, 3, 3], [0, 0, 5, 5], [0, 0, 5, 5], [3, 2, 4, 3], [3, 0, 4, 1], [4, 3, 5, 5]]
+    want = [
+        [0, 0, 5, 5], [0, 0, 5, 5], [0, 0, 5, 5], [3, 2, 4, 3], [1, 1, 2, 2], [0, 0, 5, 5],
+        [4, 3, 5, 5],
+    ]
     np.testing.assert_array_equal(got, want)
 
 
-def test_heatmap_boxes_against_flood_fill():
+def _naive_heatmap_box(h: np.ndarray, share: float = 0.5) -> tuple:
+    positive = np.clip(h.astype(np.float64), 0, None)
+    total = positive.sum()
+    if total <= 0:
+        return (0.0, 0.0, float(h.shape[1]), float(h.shape[0]))
+    held, chosen = 0.0, []
+    for value in sorted(positive.ravel(), reverse=True):
+        chosen.append(value)
+        held += value
+        if held >= share * total:
+            break
+    ys, xs = np.nonzero((positive >= chosen[-1]) & (positive > 0))
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def test_heatmap_boxes_against_naive_loop():
     rng = np.random.default_rng(6)
     h = rng.standard_normal((60, 8, 8)).astype(np.float32)
     h[::9] = -np.abs(h[::9])
     h[5] = 0
+    h[7] = np.round(h[7])  # ties
     got = M.heatmap_boxes(h)
     for i in range(60):
         assert tuple(got[i]) == _naive_heatmap_box(h[i]), i
