@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help text names spec keys like [store] path literally
 )
 
 F = TypeVar("F", bound=Callable)

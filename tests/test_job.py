@@ -236,3 +236,54 @@ def test_merge_matches_a_naive_reading_of_the_store(voc_job, tmp_path):
     assert metrics["relevance_mass"] == pytest.approx(np.mean(masses), abs=1e-5)
     for key in ("pointing_game", "relevance_mass_weighted", "relevance_rank", "pixel_ap"):
         assert metrics[key] is not None
+
+
+def test_predicted_targets_follow_the_stored_logits(ray_session, tmp_path):
+    spec = parse_spec(
+        {
+            "dataset": {"kind": "synthetic", "num_samples": 10, "image_size": SIZE, "seed": 4},
+            "model": {"arch": "small_cnn", "num_classes": 6},
+            "attribution": {"composites": ["lrp-eps"], "targets": "predicted:2"},
+            "store": {"path": str(tmp_path / "pred.zarr")},
+            "run": {"batch_size": 8, "shard_size": 5},
+        }
+    )
+    submit(spec, progress=False)
+    store = zarr.open_group(spec.store.path, mode="r")
+    assert store.attrs["heatjob"]["shard_size"] == 6  # rounded up to whole samples (2 rows each)
+    logits = store["samples/logits"][:]
+    top2 = np.argsort(-logits, axis=1, kind="stable")[:, :2]
+    assert store["rows/sample"][:].tolist() == np.repeat(np.arange(10), 2).tolist()
+    assert store["rows/target"][:].tolist() == top2.ravel().tolist()
+
+
+def test_imagefolder_store_skips_box_metrics_and_says_so(ray_session, tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("cats", "dogs"):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "folder" / name / f"{i}.png")
+    spec = parse_spec(
+        {
+            "dataset": {
+                "kind": "imagefolder",
+                "root": str(tmp_path / "folder"),
+                "image_size": SIZE,
+            },
+            "model": {"arch": "small_cnn"},
+            "attribution": {"composites": ["EpsilonPlus"]},
+            "store": {"path": str(tmp_path / "folder.zarr")},
+            "run": {"shard_size": 4},
+        }
+    )
+    submit(spec, progress=False)
+    store = zarr.open_group(spec.store.path, mode="r")
+    assert store["samples/id"][:].tolist() == [
+        f"{c}/{i}" for c in ("cats", "dogs") for i in range(3)
+    ]
+    assert store["rows/target"][:].tolist() == [0, 0, 0, 1, 1, 1]
+    assert store["boxes/xyxy"].shape == (0, 4)
+    report = merge(spec.store.path, progress=False)
+    assert report.metrics["EpsilonPlus"]["pointing_game"] is None
+    assert any("no boxes" in note for note in report.notes)

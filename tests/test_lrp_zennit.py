@@ -55,9 +55,11 @@ def randomize(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def build(name: str) -> nn.Module:
+def build(name: str, small_classifier: bool = False) -> nn.Module:
+    """torchvision's model; `small_classifier` swaps VGG's 4096-unit dense layers for 64-unit ones
+    (same layer types) where a test builds many explainers and only needs the structure."""
     model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
-    if name.startswith("vgg"):  # same layer types, a classifier of 64 instead of 4096 units
+    if small_classifier and name.startswith("vgg"):
         model.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 64),
             nn.ReLU(inplace=True),
@@ -74,6 +76,12 @@ def build(name: str) -> nn.Module:
 def models() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     return {name: build(name) for name in MODELS}
+
+
+@pytest.fixture(scope="module")
+def small_models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {name: build(name, small_classifier=True) for name in MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -115,20 +123,23 @@ def test_paper_composites_fold_batch_norm_exactly(models, batch, name):
 
 
 @pytest.mark.parametrize("name", ["vgg11_bn", "resnet18"])
-def test_every_composite_runs(models, batch, name):
+def test_every_composite_runs(small_models, batch, name):
     x, targets = batch
     with torch.no_grad():
-        expected_logits = models[name](x)
+        expected_logits = small_models[name](x)
     for composite in composite_names():
-        heatmap, logits = Explainer(models[name], composite).explain(x, targets)
+        explainer = Explainer(small_models[name], composite)
+        heatmap, logits = explainer.explain(x, targets)
         assert heatmap.shape == (2, 32, 32) and heatmap.dtype == torch.float32, composite
         assert torch.isfinite(heatmap).all() and heatmap.abs().sum() > 0, composite
-        torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-5)
+        # zennit-named composites keep zennit's batch-norm leftovers (module docstring)
+        tolerance = 1e-3 if explainer.composite.zennit_compatible else 1e-5
+        torch.testing.assert_close(logits, expected_logits, rtol=tolerance, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["vgg11_bn", "resnet18"])
-def test_callers_model_is_untouched(models, batch, name):
-    model = models[name]
+def test_callers_model_is_untouched(small_models, batch, name):
+    model = small_models[name]
     before = {key: value.clone() for key, value in model.state_dict().items()}
     kinds = [type(module) for module in model.modules()]
     Explainer(model, "EpsilonGammaBox").explain(*batch)

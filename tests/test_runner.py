@@ -1,0 +1,48 @@
+"""Worker sizing from what the cluster has: never a request that cannot be scheduled."""
+
+from __future__ import annotations
+
+import pytest
+
+from heatjob import runner
+from heatjob.errors import SpecError
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    def set_resources(**resources):
+        monkeypatch.setattr(runner.ray, "cluster_resources", lambda: dict(resources))
+
+    return set_resources
+
+
+def test_cpu_only_cluster_gets_cpu_workers_one_per_two_cpus(cluster):
+    cluster(CPU=8.0)
+    plan = runner.plan_workers(0, "auto", n_units=100)
+    assert (plan.workers, plan.num_gpus, plan.num_cpus, plan.threads) == (4, 0.0, 2.0, 2)
+
+
+def test_gpus_give_one_worker_each(cluster):
+    cluster(CPU=16.0, GPU=2.0)
+    plan = runner.plan_workers(0, "auto", n_units=100)
+    assert (plan.workers, plan.num_gpus) == (2, 1.0)
+    assert plan.num_cpus <= 1.0
+
+
+def test_more_workers_than_gpus_share_them(cluster):
+    cluster(CPU=16.0, GPU=1.0)
+    plan = runner.plan_workers(4, "auto", n_units=100)
+    assert (plan.workers, plan.num_gpus) == (4, 0.25)
+
+
+def test_no_more_workers_than_units_and_device_cpu_ignores_gpus(cluster):
+    cluster(CPU=2.0, GPU=1.0)
+    plan = runner.plan_workers(8, "cpu", n_units=3)
+    assert (plan.workers, plan.num_gpus) == (3, 0.0)
+    assert plan.num_cpus == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_cuda_without_gpu_is_a_clear_error_not_a_hang(cluster):
+    cluster(CPU=2.0)
+    with pytest.raises(SpecError, match="no GPU"):
+        runner.plan_workers(0, "cuda", n_units=3)
