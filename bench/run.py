@@ -41,8 +41,8 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 DEFAULTS = {
     "archs": "vgg16,resnet50",
-    "composites": "EpsilonPlusFlat,EpsilonGammaBox",
-    "batch": 2,
+    "composites": "EpsilonPlusFlat,EpsilonAlpha2Beta1Flat,EpsilonGammaBox",
+    "batch": 4,
     "size": 224,
     "repeats": 2,
 }

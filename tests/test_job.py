@@ -177,6 +177,8 @@ def test_resume_does_only_missing_units_and_restores_them(voc_job):
     done[0] = False
     done[2] = False
     store["heatmaps/cmp-a2b1-flat"][6:9] = np.zeros((3, SIZE, SIZE))
+    with pytest.raises(HeatjobError, match="not finished: 1 of 3 units done"):
+        merge(spec.store.path, progress=False)
     summary = submit(with_overrides(spec, run={"workers": 1}), progress=False)
     assert summary.units_run == 2
     assert store["units/done"][:].all()
