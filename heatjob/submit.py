@@ -222,6 +222,8 @@ def submit(
     started = time.perf_counter()
     job = prepare(spec, progress=progress)
     path = Path(spec.store.path)
+    if path.exists() and not path.is_dir():
+        raise HeatjobError(f"store path {path} is a file, not a Zarr store")
     if overwrite:
         _refuse_overwrite(path)
         shutil.rmtree(path, ignore_errors=True)

@@ -17,7 +17,7 @@ import torch
 
 from heatjob.data import open_dataset
 from heatjob.data.preprocess import to_input
-from heatjob.lrp import Explainer
+from heatjob.lrp import explainers_for
 from heatjob.models import build_model
 from heatjob.plan import PENDING_TARGET, Unit
 from heatjob.spec import JobSpec, parse_spec
@@ -66,10 +66,9 @@ class UnitWorker:
         self.dataset = open_job_dataset(self.spec)
         m = self.spec.model
         self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
-        self.explainers = {
-            name: Explainer(self.model, name, mean=m.mean, std=m.std)
-            for name in self.spec.attribution.composites
-        }
+        self.explainers = explainers_for(
+            self.model, self.spec.attribution.composites, mean=m.mean, std=m.std
+        )
 
     def _inputs(self, samples: list[int]) -> torch.Tensor:
         size = self.spec.dataset.image_size

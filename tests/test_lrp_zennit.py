@@ -23,7 +23,8 @@ from zennit.composites import (
 )
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-from heatjob.lrp import Explainer, composite_names
+from heatjob.lrp import Explainer, composite_names, explainers_for
+from heatjob.lrp.engine import RuleLayer
 
 NUM_CLASSES = 10
 MEAN = torch.tensor([0.485, 0.456, 0.406])
@@ -150,3 +151,20 @@ def test_callers_model_is_untouched(small_models, batch, name):
     assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     assert all(param.requires_grad for param in model.parameters())
     assert all(param.grad is None for param in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18"])
+def test_explainers_for_shares_weights_and_gives_the_same_heatmaps(small_models, batch, name):
+    x, targets = batch
+    names = ["EpsilonPlusFlat", "EpsilonGammaBox", "cmp-a2b1-flat", "lrp-z"]
+    shared = explainers_for(small_models[name], names)
+    for composite in names:
+        alone, _ = Explainer(small_models[name], composite).explain(x, targets)
+        together, _ = shared[composite].explain(x, targets)
+        assert torch.equal(alone, together), composite
+    weights = [
+        [m.bound.affine.weight.data_ptr() for m in ex.model.modules() if isinstance(m, RuleLayer)]
+        for ex in (shared["cmp-a2b1-flat"], shared["lrp-z"])
+    ]
+    assert len(weights[0]) > 5
+    assert weights[0] == weights[1]  # one copy of the weights, not one per composite

@@ -1,6 +1,12 @@
 """Layer-wise Relevance Propagation: rules, composites, canonizing, and the Explainer."""
 
 from heatjob.lrp.composites import composite_names, describe_composite
-from heatjob.lrp.engine import Explainer, ensure_supported
+from heatjob.lrp.engine import Explainer, ensure_supported, explainers_for
 
-__all__ = ["Explainer", "composite_names", "describe_composite", "ensure_supported"]
+__all__ = [
+    "Explainer",
+    "composite_names",
+    "describe_composite",
+    "ensure_supported",
+    "explainers_for",
+]
