@@ -388,7 +388,12 @@ def test_heatmap_boxes_hand():
     h = np.stack([r0, np.zeros((s, s)), -np.ones((s, s)), r3, r4, r5, r6]).astype(np.float16)
     got = M.heatmap_boxes(h)
     want = [
-        [0, 0, 5, 5], [0, 0, 5, 5], [0, 0, 5, 5], [3, 2, 4, 3], [1, 1, 2, 2], [0, 0, 5, 5],
+        [0, 0, 5, 5],
+        [0, 0, 5, 5],
+        [0, 0, 5, 5],
+        [3, 2, 4, 3],
+        [1, 1, 2, 2],
+        [0, 0, 5, 5],
         [4, 3, 5, 5],
     ]
     np.testing.assert_array_equal(got, want)
