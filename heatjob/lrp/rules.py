@@ -205,40 +205,41 @@ class AlphaBeta(Rule):
         return f"alpha{number(self.alpha)}-beta{number(self.beta)}"
 
 
-class Flat(Rule):
-    """Flat: every input in a neuron's receptive field gets an equal share, R_i = sum_j R_j / n_j.
-
-    n_j counts the inputs that really feed output j (zero padding does not count), as in zennit.
-    """
+class _InputFree(Rule):
+    """Rules whose shares do not depend on the input: R_i = sum_j v_ij / sum_i v_ij R_j for fixed
+    weights v computed from the layer's (`shares`). Only inputs that really feed output j count
+    in the denominator (zero padding does not), as in zennit."""
 
     def __init__(self, stabilizer: float = STABILIZER) -> None:
         self.stabilizer = float(stabilizer)
 
+    @abstractmethod
+    def shares(self, weight: Tensor) -> Tensor: ...
+
     def prepare(self, affine):
-        return {"ones": torch.ones_like(affine.weight)}
+        return {"v": self.shares(affine.weight)}
 
     def relevance(self, affine, params, x, z, r):
-        ones = params["ones"]
-        count = affine.forward(torch.ones_like(x), ones)
-        return affine.backward(r / stabilize(count, self.stabilizer), ones, x.shape)
+        v = params["v"]
+        denominator = affine.forward(torch.ones_like(x), v)
+        return affine.backward(r / stabilize(denominator, self.stabilizer), v, x.shape)
+
+
+class Flat(_InputFree):
+    """Flat: each input in a receptive field gets an equal share, R_i = sum_j R_j / n_j."""
+
+    def shares(self, weight: Tensor) -> Tensor:
+        return torch.ones_like(weight)
 
     def describe(self) -> str:
         return "flat"
 
 
-class WSquare(Rule):
+class WSquare(_InputFree):
     """w-square: R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j (bias ignored, unlike zennit's WSquare)."""
 
-    def __init__(self, stabilizer: float = STABILIZER) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def prepare(self, affine):
-        return {"w_sq": affine.weight**2}
-
-    def relevance(self, affine, params, x, z, r):
-        w_sq = params["w_sq"]
-        denominator = affine.forward(torch.ones_like(x), w_sq)
-        return affine.backward(r / stabilize(denominator, self.stabilizer), w_sq, x.shape)
+    def shares(self, weight: Tensor) -> Tensor:
+        return weight**2
 
     def describe(self) -> str:
         return "w-square"
