@@ -73,6 +73,27 @@ def plan_workers(requested: int, device: str, n_units: int) -> WorkerPlan:
     return WorkerPlan(workers, round(num_cpus, 3), round(num_gpus, 3), threads)
 
 
+class RayWorker:
+    """The actor: a UnitWorker whose set-up error surfaces at the first call.
+
+    Ray reports an exception raised in an actor's constructor only as a dead actor, without
+    its cause; raised from a method, it arrives as the cause of a RayTaskError, so the user
+    sees heatjob's one-line message (say, a data root that this node cannot see).
+    """
+
+    def __init__(self, *args) -> None:
+        self.worker, self.error = None, None
+        try:
+            self.worker = UnitWorker(*args)
+        except HeatjobError as exc:
+            self.error = exc
+
+    def run_unit(self, *args) -> UnitResult:
+        if self.error is not None:
+            raise self.error
+        return self.worker.run_unit(*args)
+
+
 def run_units(
     spec_dict: dict,
     store_path: str,
@@ -85,7 +106,7 @@ def run_units(
     on_result: Callable[[UnitResult], None],
 ) -> None:
     """Run `units` over a pool of actors; call `on_result` in the driver as each ends."""
-    actor_class = ray.remote(UnitWorker).options(
+    actor_class = ray.remote(RayWorker).options(
         num_cpus=workers.num_cpus,
         num_gpus=workers.num_gpus,
         max_restarts=2,  # a lost worker is restarted ...

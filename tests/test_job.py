@@ -289,3 +289,49 @@ def test_imagefolder_store_skips_box_metrics_and_says_so(ray_session, tmp_path):
     report = merge(spec.store.path, progress=False)
     assert report.metrics["EpsilonPlus"]["pointing_game"] is None
     assert any("no boxes" in note for note in report.notes)
+
+
+def test_a_worker_that_cannot_set_up_fails_with_the_one_line_cause(voc_job, ray_session):
+    from heatjob.runner import WorkerPlan, run_units
+    from heatjob.store import open_store, store_units
+
+    spec = voc_job["spec"]
+    elsewhere = with_overrides(spec, dataset={"root": "/nonexistent/VOC"})
+    root, info = open_store(spec.store.path)
+    units = store_units(root, info)[:1]
+    rows_sample, rows_target = root["rows/sample"][:], root["rows/target"][:]
+    with pytest.raises(HeatjobError, match="/nonexistent/VOC"):
+        run_units(
+            elsewhere.to_dict(),
+            spec.store.path,
+            20,
+            6,
+            rows_sample,
+            rows_target,
+            units,
+            WorkerPlan(1, 1.0, 0.0, 1),
+            on_result=lambda result: None,
+        )
+
+
+def test_an_unreadable_image_stops_the_job_naming_it_and_the_store_stays_unfinished(
+    voc_job, tmp_path
+):
+    import shutil
+
+    root = tmp_path / "VOC"
+    shutil.copytree(voc_job["root"], root)
+    victim = _val_ids(root)[-1]
+    (root / "JPEGImages" / f"{victim}.jpg").unlink()
+    spec = with_overrides(
+        voc_job["spec"],
+        dataset={"root": str(root)},
+        store={"path": str(tmp_path / "s.zarr")},
+        run={"workers": 1},
+    )
+    with pytest.raises(HeatjobError, match=f"{victim}.jpg"):
+        submit(spec, progress=False)
+    store = zarr.open_group(spec.store.path, mode="r")
+    assert not store["units/done"][:].all()
+    with pytest.raises(HeatjobError, match="not finished"):
+        merge(spec.store.path, progress=False)
