@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from heatjob.data.base import scale_boxes
+from heatjob.data.base import read_records, scale_boxes
 from heatjob.errors import HeatjobError, SpecError
 from heatjob.lrp import composite_names, ensure_supported
 from heatjob.models import build_model, file_sha256
@@ -97,17 +97,7 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     ensure_supported(model)
     del model
 
-    records = [
-        dataset.record(i)
-        for i in tqdm(
-            range(len(dataset)),
-            desc="annotations",
-            unit="img",
-            disable=not progress,
-            leave=False,
-            file=sys.stderr,
-        )
-    ]
+    records = read_records(dataset, progress=progress)
     if not records:
         raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
     size = spec.dataset.image_size

@@ -9,6 +9,7 @@ from heatjob.data.base import (
     Dataset,
     SampleRecord,
     open_dataset,
+    read_records,
     scale_boxes,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "Dataset",
     "SampleRecord",
     "open_dataset",
+    "read_records",
     "scale_boxes",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from heatjob.errors import DataError
 
@@ -128,13 +130,22 @@ class Dataset(Protocol):
         """The annotations of sample `index`."""
         ...
 
-    def records(self) -> list[SampleRecord]:
-        """The annotations of every sample, in order."""
-        ...
-
     def load_image(self, index: int) -> Image.Image:
         """Sample `index` as an RGB image of its original size."""
         ...
+
+
+def read_records(dataset: Dataset, progress: bool = False) -> list[SampleRecord]:
+    """The annotations of every sample, in order (with a progress bar on stderr if asked)."""
+    indices = tqdm(
+        range(len(dataset)),
+        desc="annotations",
+        unit="img",
+        disable=not progress,
+        leave=False,
+        file=sys.stderr,
+    )
+    return [dataset.record(index) for index in indices]
 
 
 def check_index(index: int, length: int) -> int:

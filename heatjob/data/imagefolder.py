@@ -68,8 +68,5 @@ class ImageFolderDataset:
             labels=(label,),
         )
 
-    def records(self) -> list[SampleRecord]:
-        return [self.record(index) for index in range(len(self))]
-
     def load_image(self, index: int) -> Image.Image:
         return read_image(self.image_path(index))

@@ -185,8 +185,5 @@ class SyntheticDataset:
     def record(self, index: int) -> SampleRecord:
         return self._sample(index)[1]
 
-    def records(self) -> list[SampleRecord]:
-        return [self.record(index) for index in range(len(self))]
-
     def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self._sample(index)[0])

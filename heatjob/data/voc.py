@@ -126,8 +126,5 @@ class VOCDataset:
             self.annotation_path(index), self._ids[index], self.image_path(index)
         )
 
-    def records(self) -> list[SampleRecord]:
-        return [self.record(index) for index in range(len(self))]
-
     def load_image(self, index: int) -> Image.Image:
         return read_image(self.image_path(index))
