@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class RowGeometry:
     image_sizes: np.ndarray  # (n, 2) original height, width
     other_class: np.ndarray  # (n,) the sample has a class besides the target
     score: np.ndarray  # (n,) the target logit, to rank boxes for box AP
+    ground_truth: dict[str, np.ndarray]  # every box of the store: xyxy, sample, class, difficult
 
 
 @dataclass
@@ -87,6 +88,12 @@ def row_geometry(root: zarr.Group) -> RowGeometry:
         image_sizes=sizes[sample],
         other_class=(n_labels - labels[sample, target].astype(int)) > 0,
         score=logits[sample, target],
+        ground_truth={
+            "xyxy": xyxy,
+            "sample": box_sample,
+            "class": box_class,
+            "difficult": root["boxes/difficult"][:],
+        },
     )
 
 
@@ -106,9 +113,10 @@ def score_block(heatmaps: np.ndarray, geometry: RowGeometry, index: np.ndarray) 
     }
 
 
-def aggregate(per_row: dict, geometry: RowGeometry, gt: dict) -> dict[str, float | None]:
+def aggregate(per_row: dict, geometry: RowGeometry) -> dict[str, float | None]:
     """The contract's metrics from per-row values."""
     classes = geometry.target
+    gt = geometry.ground_truth
     hard = per_row["hard"]
     box_ap = []
     for c in np.unique(classes):
@@ -189,24 +197,15 @@ def merge(path: str, json_path: str | None = None, progress: bool = True) -> Mer
                 f"{n_rows - len(geometry.rows)} of {n_rows} rows not scored: "
                 "their target class has no box in the sample"
             )
-        gt = {
-            "xyxy": root["boxes/xyxy"][:],
-            "sample": root["boxes/sample"][:],
-            "class": root["boxes/class"][:],
-            "difficult": root["boxes/difficult"][:],
-        }
         size = info.image_size
-        sources: dict[str, Callable[[object], np.ndarray]] = {}
-        for composite in info.composites:
-            array = root[f"heatmaps/{composite}"]
-            sources[composite] = lambda unit, a=array: a[unit.row_start : unit.row_stop]
-        per_row: dict[str, dict[str, list]] = {name: {} for name in [*sources, *BASELINES]}
+        arrays = {c: root[f"heatmaps/{c}"] for c in info.composites}
+        per_row: dict[str, dict[str, list]] = {name: {} for name in [*arrays, *BASELINES]}
         blocks = list(_blocks(root, info, geometry))
         for unit, index in tqdm(
             blocks, desc="merge", unit="shard", disable=not progress, file=sys.stderr, leave=False
         ):
             local = geometry.rows[index] - unit.row_start
-            maps = {name: read(unit)[local] for name, read in sources.items()}
+            maps = {c: a[unit.row_start : unit.row_stop][local] for c, a in arrays.items()}
             maps["baseline:random"] = random_heatmaps(geometry.rows[index], size)
             maps["baseline:centre"] = centre_heatmaps(geometry.rows[index], size)
             for name, heatmaps in maps.items():
@@ -214,7 +213,7 @@ def merge(path: str, json_path: str | None = None, progress: bool = True) -> Mer
                 for key, v in values.items():
                     per_row[name].setdefault(key, []).append(v)
         scored = {
-            name: aggregate({k: np.concatenate(v) for k, v in values.items()}, geometry, gt)
+            name: aggregate({k: np.concatenate(v) for k, v in values.items()}, geometry)
             for name, values in per_row.items()
         }
         results = {c: scored[c] for c in info.composites}
