@@ -8,6 +8,7 @@ few kilobytes of logits and timings, which the driver writes to the store.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and not _reachable(address):
+        raise HeatjobError(f"cannot reach the Ray cluster at {address} (nothing answers there)")
     kwargs: dict = {"include_dashboard": False, "logging_level": "ERROR"}
     if address is None:
         kwargs["object_store_memory"] = OBJECT_STORE_BYTES
@@ -47,6 +50,18 @@ def connect(address: str | None) -> bool:
     except ConnectionError as exc:
         raise HeatjobError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     return address is None
+
+
+def _reachable(address: str, timeout: float = 5.0) -> bool:
+    """Whether host:port answers; Ray itself would retry an unreachable address for minutes."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return True  # "auto" and the like: Ray resolves them and fails fast
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def plan_workers(requested: int, device: str, n_units: int) -> WorkerPlan:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import zarr
 from tqdm import tqdm
 
 from heatjob.data.base import read_records, scale_boxes
@@ -23,12 +24,12 @@ from heatjob.plan import Plan, make_plan
 from heatjob.runner import connect, plan_workers, run_units
 from heatjob.spec import JobSpec, parse_spec, with_overrides
 from heatjob.store import (
+    StoreInfo,
     create_store,
     done_flags,
     finish_unit,
     open_store,
     provenance,
-    store_units,
 )
 from heatjob.worker import UnitResult, open_job_dataset
 
@@ -135,7 +136,7 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     )
 
 
-def _create(job: PreparedJob) -> None:
+def _create(job: PreparedJob) -> zarr.Group:
     spec, a = job.spec, job.arrays
     attrs = provenance(
         spec.to_dict(),
@@ -145,7 +146,7 @@ def _create(job: PreparedJob) -> None:
         job.has_boxes,
         len(job.plan.units),
     )
-    create_store(
+    return create_store(
         spec.store.path,
         attrs,
         job.plan,
@@ -181,7 +182,9 @@ def _refuse_overwrite(path: Path) -> None:
         raise HeatjobError(f"--overwrite refused: {path} is not a heatjob store; not touching it")
 
 
-def _check_resumable(job: PreparedJob, stored: dict, path: str) -> None:
+def _check_resumable(job: PreparedJob, root: zarr.Group, info: StoreInfo) -> None:
+    """Refuse to resume a store that another job made, naming what differs."""
+    path, stored = info.path, info.attrs
     ours = job.spec.content_dict()
     theirs = parse_spec(stored["spec"], source=path).content_dict()
     for section, values in ours.items():
@@ -192,7 +195,6 @@ def _check_resumable(job: PreparedJob, stored: dict, path: str) -> None:
                     f"{theirs[section].get(key)!r} there, {value!r} here; use --overwrite "
                     "to start over"
                 )
-    root, _ = open_store(path)
     if not np.array_equal(root["rows/sample"][:], job.plan.rows_sample):
         raise HeatjobError(
             f"store {path} holds other rows than this spec plans (has the data set changed?); "
@@ -217,22 +219,22 @@ def submit(
     if overwrite:
         _refuse_overwrite(path)
         shutil.rmtree(path, ignore_errors=True)
-    if path.exists() and any(path.iterdir()):
-        _, info = open_store(str(path))
-        _check_resumable(job, info.attrs, str(path))
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _create(job)
+    resuming = path.exists() and any(path.iterdir())
+    units = job.plan.units
+    if resuming:
+        root, info = open_store(str(path), mode="r+")
+        _check_resumable(job, root, info)
+        done = done_flags(root)
+        pending = [u for u in units if not done[u.index]]
+        if not pending:
+            return SubmitSummary(str(path), len(units), 0, 0, time.perf_counter() - started, "none")
 
-    root, info = open_store(str(path), mode="r+")
-    units = store_units(root, info)
-    done = done_flags(root)
-    pending = [u for u in units if not done[u.index]]
-    if not pending:
-        return SubmitSummary(str(path), len(units), 0, 0, time.perf_counter() - started, "none")
-
-    started_ray = connect(address)
+    started_ray = connect(address)  # first, so a wrong address leaves no new store behind
     try:
+        if not resuming:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            root = _create(job)
+            pending = list(units)
         workers = plan_workers(spec.run.workers, spec.run.device, len(pending))
         rows_todo = sum(u.n_rows for u in pending)
         bar = tqdm(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from heatjob import runner
-from heatjob.errors import SpecError
+from heatjob.errors import HeatjobError, SpecError
 
 
 @pytest.fixture
@@ -46,3 +46,17 @@ def test_cuda_without_gpu_is_a_clear_error_not_a_hang(cluster):
     cluster(CPU=2.0)
     with pytest.raises(SpecError, match="no GPU"):
         runner.plan_workers(0, "cuda", n_units=3)
+
+
+def test_an_unreachable_cluster_is_a_clear_error_not_minutes_of_retries(monkeypatch):
+    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("ray.init must not be called for an address nobody answers")
+
+    monkeypatch.setattr(runner.ray, "init", must_not_start)
+    with pytest.raises(HeatjobError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        runner.connect("127.0.0.1:1")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:1")
+    with pytest.raises(HeatjobError, match="ray://127.0.0.1:1"):
+        runner.connect(None)
