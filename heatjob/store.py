@@ -42,10 +42,6 @@ class StoreInfo:
         return list(self.attrs["spec"]["attribution"]["composites"])
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.attrs["classes"])
-
-    @property
     def shard_size(self) -> int:
         return int(self.attrs["shard_size"])
 
