@@ -7,6 +7,7 @@ few kilobytes of logits and timings, which the driver writes to the store.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -106,7 +107,8 @@ class RayWorker:
     def run_unit(self, *args) -> UnitResult:
         if self.error is not None:
             raise self.error
-        return self.worker.run_unit(*args)
+        result = self.worker.run_unit(*args)
+        return dataclasses.replace(result, node=ray.get_runtime_context().get_node_id())
 
 
 def run_units(

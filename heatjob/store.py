@@ -142,6 +142,11 @@ def create_store(
             fill_value=np.nan,
         )
     small("units/done", np.zeros(len(plan.units), dtype=bool), ("unit",), fill=False)
+    # which worker wrote each unit: host name, Ray node id, process id (ext)
+    n_units = len(plan.units)
+    small("units/host", np.full(n_units, "", dtype=object), ("unit",), fill="", dtype=str)
+    small("units/node", np.full(n_units, "", dtype=object), ("unit",), fill="", dtype=str)
+    small("units/pid", np.full(n_units, -1, dtype=np.int64), ("unit",), fill=-1)
     # Written last: a store whose attributes are missing was interrupted while being created.
     root.attrs["heatjob"] = attrs
     return root
@@ -187,10 +192,19 @@ def finish_unit(
     logits_samples: range,
     logits: np.ndarray,
     row_targets: np.ndarray | None,
+    writer: tuple[str, str, int] | None = None,
 ) -> None:
-    """The driver's write after a worker reported a unit; the done flag goes last."""
+    """The driver's write after a worker reported a unit; the done flag goes last.
+
+    writer: (host, Ray node id, pid) of the worker that wrote the unit's shards.
+    """
     if len(logits_samples):
         root["samples/logits"][logits_samples.start : logits_samples.stop] = logits
     if row_targets is not None:
         root["rows/target"][unit.row_start : unit.row_stop] = row_targets
+    if writer is not None and "units/host" in root:  # stores made before 0.2 lack them
+        host, node, pid = writer
+        root["units/host"][unit.index] = host
+        root["units/node"][unit.index] = node
+        root["units/pid"][unit.index] = pid
     root["units/done"][unit.index] = True

@@ -247,7 +247,10 @@ def submit(
         )
 
         def on_result(result: UnitResult) -> None:
-            finish_unit(root, result.unit, result.owned, result.logits, result.row_targets)
+            writer = (result.host, result.node, result.pid)
+            finish_unit(
+                root, result.unit, result.owned, result.logits, result.row_targets, writer
+            )
             bar.update(result.unit.n_rows)
 
         with bar:

@@ -33,6 +33,7 @@ class UnitResult:
     seconds: float
     host: str
     pid: int
+    node: str = ""  # the Ray node id, filled in by the runner's actor
 
 
 def pick_device(requested: str) -> torch.device:
