@@ -227,7 +227,7 @@ def merge(path: str, json_path: str | None = None, progress: bool = True) -> Mer
     }
     with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
         warnings.simplefilter("ignore", category=UserWarning)
-        zarr.consolidate_metadata(path)
+        zarr.consolidate_metadata(root.store)  # the open store: a URL keeps its options
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")

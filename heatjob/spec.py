@@ -57,8 +57,9 @@ class AttributionSpec:
 
 @dataclass(frozen=True)
 class StoreSpec:
-    path: str
+    path: str  # a local path or an fsspec URL (s3://bucket/key, ...)
     dtype: str = "float16"
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a URL
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class RunSpec:
     workers: int = 0  # 0 = one per GPU, or one per 2 CPUs when there is none
     shard_size: int = 64  # heatmap rows per Zarr shard, which is also the unit of work
     device: str = "auto"
+    num_gpus: float = 0.0  # GPUs per worker (fractional shares one); 0 = automatic
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,15 @@ class JobSpec:
     def content_dict(self) -> dict[str, Any]:
         """The parts of the spec that decide what the store holds.
 
-        Where the store lives, how many workers run and their batch size do not
+        Where the store lives (and how to reach it), how many workers run, their
+        GPUs and batch size do not
         change the heatmaps' meaning, so a store may be resumed under a spec that
         differs only there.
         """
         spec = self.to_dict()
         spec["store"].pop("path")
-        for key in ("workers", "batch_size", "device"):
+        spec["store"].pop("storage_options")
+        for key in ("workers", "batch_size", "device", "num_gpus"):
             spec["run"].pop(key)
         return spec
 
@@ -168,6 +172,14 @@ def _coerce(value: Any, f: dataclasses.Field, where: str, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{source}: {where} must be an integer, got {value!r}")
         return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(f"{source}: {where} must be a number, got {value!r}")
+        return float(value)
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise SpecError(f"{source}: {where} must be a table, got {value!r}")
+        return value
     if kind == "str":
         if not isinstance(value, str):
             raise SpecError(f"{source}: {where} must be a string, got {value!r}")
@@ -231,6 +243,8 @@ def _check_values(spec: JobSpec) -> None:
         fail("[run] workers", f"must be 0 (automatic) or positive, got {run.workers}")
     if run.shard_size < 1:
         fail("[run] shard_size", f"must be positive, got {run.shard_size}")
+    if run.num_gpus < 0:
+        fail("[run] num_gpus", f"must be 0 (automatic) or positive, got {run.num_gpus}")
     if run.device not in DEVICES:
         fail("[run] device", f"must be one of {', '.join(DEVICES)}, got {run.device!r}")
 

@@ -24,6 +24,7 @@ import zarr
 
 import heatjob
 from heatjob.errors import HeatjobError
+from heatjob.location import open_group, redact
 from heatjob.plan import Plan, Unit, split_units
 
 STORE_FORMAT = 1  # bumped when the layout changes incompatibly
@@ -68,7 +69,7 @@ def provenance(
         "version": heatjob.__version__,
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
-        "spec": spec_dict,
+        "spec": _without_secrets(spec_dict),
         "checkpoint_sha256": checkpoint_sha256,
         "classes": list(classes),
         "has_boxes": has_boxes,
@@ -76,6 +77,13 @@ def provenance(
         "n_units": n_units,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _without_secrets(spec_dict: dict) -> dict:
+    store = spec_dict.get("store", {})
+    if not store.get("storage_options"):
+        return spec_dict
+    return {**spec_dict, "store": {**store, "storage_options": redact(store["storage_options"])}}
 
 
 def create_store(
@@ -92,9 +100,10 @@ def create_store(
     composites: Sequence[str],
     image_size: int,
     dtype: str,
+    storage_options: dict | None = None,
 ) -> zarr.Group:
     """Create (overwriting) the whole layout and write what the plan knows."""
-    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root = open_group(path, "w", storage_options)
     n_samples, n_classes = sample_labels.shape
 
     def small(
@@ -152,10 +161,15 @@ def create_store(
     return root
 
 
-def open_store(path: str, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
-    """Open a heatjob store; anything else is refused and left untouched."""
+def open_store(
+    path: str, mode: str = "r", storage_options: dict | None = None
+) -> tuple[zarr.Group, StoreInfo]:
+    """Open a heatjob store (local path or URL); anything else is refused and left untouched.
+
+    For a URL without storage_options, credentials come from the environment.
+    """
     try:
-        root = zarr.open_group(path, mode=mode, zarr_format=3)
+        root = open_group(path, mode, storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise HeatjobError(f"no Zarr store at {path}") from None
     except Exception as exc:
@@ -178,9 +192,11 @@ def done_flags(root: zarr.Group) -> np.ndarray:
     return root["units/done"][:]
 
 
-def write_unit_heatmaps(path: str, unit: Unit, heatmaps: dict[str, np.ndarray]) -> None:
+def write_unit_heatmaps(
+    path: str, unit: Unit, heatmaps: dict[str, np.ndarray], storage_options: dict | None = None
+) -> None:
     """A worker's write: the unit's whole shard of every composite, one call each."""
-    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    root = open_group(path, "r+", storage_options)
     for composite, values in heatmaps.items():
         array = root[f"heatmaps/{composite}"]
         array[unit.row_start : unit.row_stop] = values.astype(array.dtype, copy=False)

@@ -6,7 +6,6 @@ Ray starts or the store is touched.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from heatjob.data.base import read_records, scale_boxes
 from heatjob.errors import HeatjobError, SpecError
+from heatjob.location import Location, is_url
 from heatjob.lrp import composite_names, ensure_supported
 from heatjob.models import build_model, file_sha256
 from heatjob.plan import Plan, make_plan
@@ -160,26 +160,29 @@ def _create(job: PreparedJob) -> zarr.Group:
         spec.attribution.composites,
         spec.dataset.image_size,
         spec.store.dtype,
+        spec.store.storage_options,
     )
 
 
-def _refuse_overwrite(path: Path) -> None:
+_STORE_NAMES = {"zarr.json", "samples", "boxes", "rows", "heatmaps", "units"}
+
+
+def _refuse_overwrite(location: Location) -> None:
     """--overwrite deletes only a heatjob store (or a half-created one), never other data."""
-    if not path.exists():
+    if location.is_file():
+        raise HeatjobError(f"--overwrite refused: {location.path} is a file, not a heatjob store")
+    names = location.names()
+    if not names:
         return
-    if path.is_file():
-        raise HeatjobError(f"--overwrite refused: {path} is a file, not a heatjob store")
     try:
-        open_store(str(path))
+        open_store(location.path, storage_options=location.storage_options)
         return
     except HeatjobError:
         pass
-    names = {p.name for p in path.iterdir()}
-    if names and not (
-        "zarr.json" in names
-        and names <= {"zarr.json", "samples", "boxes", "rows", "heatmaps", "units"}
-    ):
-        raise HeatjobError(f"--overwrite refused: {path} is not a heatjob store; not touching it")
+    if not ("zarr.json" in names and names <= _STORE_NAMES):
+        raise HeatjobError(
+            f"--overwrite refused: {location.path} is not a heatjob store; not touching it"
+        )
 
 
 def _check_resumable(job: PreparedJob, root: zarr.Group, info: StoreInfo) -> None:
@@ -213,26 +216,29 @@ def submit(
     """Run (or resume) a job; returns what was done."""
     started = time.perf_counter()
     job = prepare(spec, progress=progress)
-    path = Path(spec.store.path)
-    if path.exists() and not path.is_dir():
+    path = spec.store.path
+    location = Location(path, spec.store.storage_options)
+    location.check_container()
+    if location.is_file():
         raise HeatjobError(f"store path {path} is a file, not a Zarr store")
     if overwrite:
-        _refuse_overwrite(path)
-        shutil.rmtree(path, ignore_errors=True)
-    resuming = path.exists() and any(path.iterdir())
+        _refuse_overwrite(location)
+        location.delete()
+    resuming = bool(location.names())
     units = job.plan.units
     if resuming:
-        root, info = open_store(str(path), mode="r+")
+        root, info = open_store(path, mode="r+", storage_options=spec.store.storage_options)
         _check_resumable(job, root, info)
         done = done_flags(root)
         pending = [u for u in units if not done[u.index]]
         if not pending:
-            return SubmitSummary(str(path), len(units), 0, 0, time.perf_counter() - started, "none")
+            return SubmitSummary(path, len(units), 0, 0, time.perf_counter() - started, "none")
 
     started_ray = connect(address)  # first, so a wrong address leaves no new store behind
     try:
         if not resuming:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not is_url(path):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             root = _create(job)
             pending = list(units)
         workers = plan_workers(spec.run.workers, spec.run.device, len(pending))
@@ -256,7 +262,7 @@ def submit(
         with bar:
             run_units(
                 spec.to_dict(),
-                str(path),
+                path,
                 job.num_classes,
                 len(job.sample_ids),
                 job.plan.rows_sample,
@@ -271,7 +277,7 @@ def submit(
 
             ray.shutdown()
     return SubmitSummary(
-        str(path),
+        path,
         len(units),
         len(pending),
         rows_todo,

@@ -108,7 +108,7 @@ class UnitWorker:
                 relevance, _ = explainer.explain(x, t)
                 maps.append(relevance.float().cpu().numpy())
             heatmaps[name] = np.concatenate(maps)
-        write_unit_heatmaps(self.store_path, unit, heatmaps)
+        write_unit_heatmaps(self.store_path, unit, heatmaps, self.spec.store.storage_options)
 
         owned_logits = np.stack([logits[s] for s in owned]) if len(owned) else np.zeros((0, 0))
         return UnitResult(
