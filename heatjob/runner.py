@@ -65,28 +65,41 @@ def _reachable(address: str, timeout: float = 5.0) -> bool:
     return True
 
 
-def plan_workers(requested: int, device: str, n_units: int) -> WorkerPlan:
+def plan_workers(
+    requested: int,
+    device: str,
+    n_units: int,
+    num_gpus: float = 0.0,
+    resources: dict[str, float] | None = None,
+) -> WorkerPlan:
     """How many workers and what each asks Ray for, from what the cluster has.
 
-    Never asks for a GPU the cluster lacks: such a request would wait forever.
+    num_gpus: GPUs per worker ([run] num_gpus; fractional shares a GPU), 0 = one each.
+    resources: the cluster's totals (default: ray.cluster_resources()).
+    Never asks for a GPU the cluster lacks, nor for more GPUs than it has: such a
+    request would wait forever.
     """
-    resources = ray.cluster_resources()
+    resources = ray.cluster_resources() if resources is None else resources
     cpus = float(resources.get("CPU", 1.0))
     gpus = float(resources.get("GPU", 0.0))
-    if device == "cuda" and gpus < 1:
+    if device == "cuda" and gpus <= 0:
         raise SpecError("[run] device = 'cuda' but the Ray cluster has no GPU")
-    use_gpu = gpus >= 1 and device != "cpu"
+    use_gpu = gpus > 0 and device != "cpu"
+    if use_gpu and num_gpus > gpus:
+        raise SpecError(f"[run] num_gpus = {num_gpus} per worker, but the cluster has {gpus:g}")
     if requested:
         workers = requested
     elif use_gpu:
-        workers = int(gpus)
+        workers = int(gpus / num_gpus + 1e-9) if num_gpus else int(gpus)
     else:
         workers = max(1, int(cpus) // 2)
+    if use_gpu and num_gpus:
+        workers = min(workers, int(gpus / num_gpus + 1e-9))  # all of them must fit at once
     workers = max(1, min(workers, n_units))
     num_cpus = min(1.0, cpus / workers) if use_gpu else cpus / workers
-    num_gpus = min(1.0, gpus / workers) if use_gpu else 0.0
+    per_gpu = (num_gpus or min(1.0, gpus / workers)) if use_gpu else 0.0
     threads = max(1, int(cpus // workers)) if not use_gpu else 1
-    return WorkerPlan(workers, round(num_cpus, 3), round(num_gpus, 3), threads)
+    return WorkerPlan(workers, round(num_cpus, 3), round(per_gpu, 3), threads)
 
 
 class RayWorker:

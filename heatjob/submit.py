@@ -241,7 +241,9 @@ def submit(
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             root = _create(job)
             pending = list(units)
-        workers = plan_workers(spec.run.workers, spec.run.device, len(pending))
+        workers = plan_workers(
+            spec.run.workers, spec.run.device, len(pending), spec.run.num_gpus
+        )
         rows_todo = sum(u.n_rows for u in pending)
         bar = tqdm(
             total=rows_todo,

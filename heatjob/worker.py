@@ -20,6 +20,7 @@ from heatjob.data.preprocess import to_input
 from heatjob.lrp import explainers_for
 from heatjob.models import build_model
 from heatjob.plan import PENDING_TARGET, Unit
+from heatjob.prefetch import prefetch
 from heatjob.spec import JobSpec, parse_spec
 from heatjob.store import write_unit_heatmaps
 
@@ -71,11 +72,15 @@ class UnitWorker:
             self.model, self.spec.attribution.composites, mean=m.mean, std=m.std
         )
 
-    def _inputs(self, samples: list[int]) -> torch.Tensor:
+    def _load(self, samples: list[int]) -> torch.Tensor:
+        """A batch of inputs on the CPU; runs in the loader thread (heatjob.prefetch)."""
         size = self.spec.dataset.image_size
         m = self.spec.model
-        batch = [to_input(self.dataset.load_image(i), size, m.mean, m.std) for i in samples]
-        return torch.stack(batch).to(self.device)
+        batch = torch.stack(
+            [to_input(self.dataset.load_image(i), size, m.mean, m.std) for i in samples]
+        )
+        # pinned memory lets the one copy to the GPU run asynchronously
+        return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def run_unit(
         self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
@@ -85,10 +90,12 @@ class UnitWorker:
         batch_size = self.spec.run.batch_size
         samples = sorted(set(rows_sample.tolist()) | set(owned))
         inputs, logits = {}, {}
+        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
         with torch.no_grad():
-            for i in range(0, len(samples), batch_size):
-                chunk = samples[i : i + batch_size]
-                x = self._inputs(chunk)
+            # the next batch loads while this one runs; each batch moves to the device once,
+            # and the explain passes below reuse those device tensors
+            for chunk, batch in prefetch(chunks, self._load):
+                x = batch.to(self.device, non_blocking=True)
                 out = self.model(x).float().cpu().numpy()
                 for j, sample in enumerate(chunk):
                     inputs[sample], logits[sample] = x[j], out[j]

@@ -60,3 +60,23 @@ def test_an_unreachable_cluster_is_a_clear_error_not_minutes_of_retries(monkeypa
     monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:1")
     with pytest.raises(HeatjobError, match="ray://127.0.0.1:1"):
         runner.connect(None)
+
+
+def test_num_gpus_per_worker_fractional_packs_workers_onto_gpus(cluster):
+    cluster(CPU=16.0, GPU=2.0)
+    plan = runner.plan_workers(0, "auto", n_units=100, num_gpus=0.5)
+    assert (plan.workers, plan.num_gpus) == (4, 0.5)
+    # more workers than fit would leave some waiting for a GPU forever: capped
+    plan = runner.plan_workers(8, "auto", n_units=100, num_gpus=0.5)
+    assert (plan.workers, plan.num_gpus) == (4, 0.5)
+    plan = runner.plan_workers(0, "auto", n_units=100, num_gpus=2.0)
+    assert (plan.workers, plan.num_gpus) == (1, 2.0)
+
+
+def test_num_gpus_is_ignored_without_gpus_and_refused_beyond_the_cluster(cluster):
+    cluster(CPU=4.0)
+    plan = runner.plan_workers(0, "auto", n_units=100, num_gpus=0.5)
+    assert (plan.workers, plan.num_gpus) == (2, 0.0)
+    cluster(CPU=4.0, GPU=1.0)
+    with pytest.raises(SpecError, match=r"num_gpus = 2.0 per worker, but the cluster has 1"):
+        runner.plan_workers(0, "auto", n_units=100, num_gpus=2.0)
