@@ -66,6 +66,14 @@ def submit(
         bool, typer.Option("--overwrite", help="Delete an existing store and start over.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan, store size and a time estimate from one calibration batch; "
+            "write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Plan the job, shard it over Ray workers, write heatmaps into the store.
 
@@ -76,6 +84,12 @@ def submit(
     from heatjob.submit import submit as run_submit
 
     job = apply_options(load_spec(spec), store=store, limit=limit, workers=workers)
+    if dry_run:
+        from heatjob.dryrun import dry_run as plan_only
+        from heatjob.dryrun import format_dry_run
+
+        typer.echo(format_dry_run(plan_only(job, address=address, progress=not quiet)))
+        return
     summary = run_submit(job, address=address, overwrite=overwrite, progress=not quiet)
     if summary.units_run == 0:
         typer.echo(f"{summary.store}: all {summary.units_total} units already done")

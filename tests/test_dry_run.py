@@ -1,0 +1,102 @@
+"""`heatjob submit --dry-run`: the plan it prints is the plan submit then carries out.
+
+The truth is a real submit of the same spec afterwards: its store's rows, units
+and shard files, and the bytes its heatmaps take on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+import zarr
+
+from heatjob.dryrun import dry_run, format_dry_run
+from heatjob.models import SmallCNN
+from heatjob.spec import parse_spec
+
+HEATJOB = [sys.executable, "-m", "heatjob.cli"]
+
+
+def spec_dict(tmp_path: Path, **run) -> dict:
+    checkpoint = tmp_path / "model.pt"
+    if not checkpoint.exists():
+        torch.manual_seed(0)
+        torch.save(SmallCNN(num_classes=6).state_dict(), checkpoint)
+    return {
+        "dataset": {"kind": "synthetic", "num_samples": 40, "image_size": 32},
+        "model": {"arch": "small_cnn", "checkpoint": str(checkpoint), "num_classes": 6},
+        "attribution": {"composites": ["EpsilonPlusFlat", "lrp-eps"], "targets": "labels"},
+        "store": {"path": str(tmp_path / "out.zarr"), "dtype": "float16"},
+        "run": {"batch_size": 16, "shard_size": 8, **run},
+    }
+
+
+def test_dry_run_writes_nothing_starts_no_ray_and_calibrates(tmp_path):
+    spec = parse_spec(spec_dict(tmp_path, workers=1), source="job.toml")
+    run = dry_run(spec, progress=False)
+    assert not (tmp_path / "out.zarr").exists()
+    assert not ray.is_initialized()
+    cal = run.calibration
+    assert cal.rows == 16 and cal.samples <= 16
+    assert cal.seconds_per_row > 0 and cal.bytes_per_row > 0
+    # float16 heatmaps can not take more than their raw bytes plus the shard index (16 B/chunk)
+    assert cal.bytes_per_row <= 32 * 32 * 2 + 16 + 4
+    assert run.workers.workers == 1 and run.units_pending == len(run.job.plan.units)
+    text = format_dry_run(run)
+    assert text.splitlines()[0].startswith("store") and "(new)" in text
+    assert f"{run.job.plan.n_rows} heatmap rows" in text
+
+
+def test_predicted_targets_calibrate_on_the_top_logit(tmp_path):
+    raw = spec_dict(tmp_path, workers=1)
+    raw["attribution"]["targets"] = "predicted:2"
+    run = dry_run(parse_spec(raw, source="job.toml"), progress=False)
+    assert run.job.plan.n_rows == 80 and run.calibration.rows == 16
+
+
+@pytest.mark.slow
+def test_the_printed_plan_is_what_submit_then_does(tmp_path):
+    spec = tmp_path / "job.toml"
+    raw = spec_dict(tmp_path, workers=1)
+    spec.write_text(
+        "\n".join(
+            f"[{section}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+            for section, values in raw.items()
+        )
+        + "\n"
+    )
+    env_run = dict(capture_output=True, text=True, timeout=600)
+    planned = subprocess.run([*HEATJOB, "submit", str(spec), "--dry-run", "-q"], **env_run)
+    assert planned.returncode == 0, planned.stderr
+    assert not (tmp_path / "out.zarr").exists()
+    text = planned.stdout
+    rows = int(re.search(r"(\d+) heatmap rows", text).group(1))
+    units = int(re.search(r"(\d+) units of 8 rows, \1 to run", text).group(1))
+    shards = int(re.search(r"-> (\d+) heatmap shards", text).group(1))
+    stored = float(re.search(r"\(([\d,]+) B/row/composite", text).group(1).replace(",", ""))
+    assert re.search(r"estimate +~\d+ s: \d+ s of compute for \d+ rows on 1 CPU worker", text)
+
+    done = subprocess.run([*HEATJOB, "submit", str(spec), "-q"], **env_run)
+    assert done.returncode == 0, done.stderr
+    store = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert store["rows/sample"].shape[0] == rows
+    assert store["units/done"].shape[0] == units
+    heatmaps = tmp_path / "out.zarr" / "heatmaps"
+    files = [f for f in heatmaps.rglob("*") if f.is_file() and f.name != "zarr.json"]
+    assert len(files) == shards
+    on_disk = sum(f.stat().st_size for f in files) / (rows * 2)
+    # measured on one batch of 16 rows, it predicts the whole store's bytes per row closely
+    assert on_disk == pytest.approx(stored, rel=0.25)
+
+    again = subprocess.run([*HEATJOB, "submit", str(spec), "--dry-run", "-q"], **env_run)
+    assert f"resumes: {units} of {units} units done" in again.stdout
+    assert f"{units} units of 8 rows, 0 to run" in again.stdout
+    assert not np.isnan(store["heatmaps/lrp-eps"][:]).any()
