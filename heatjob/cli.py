@@ -145,6 +145,14 @@ def status(
         "composites": {c: {"units_done": int(done.sum())} for c in info.composites},
         "merged": "metrics" in root.attrs,
     }
+    if "units/node" in root:  # which workers wrote the finished units (not in 0.1.0 stores)
+        nodes, pids = root["units/node"][:].tolist(), root["units/pid"][:].tolist()
+        writers = set(zip(nodes, pids, strict=True))
+        writers.discard(("", -1))
+        report["writers"] = {
+            "nodes": len({node for node, _ in writers}),
+            "processes": len(writers),
+        }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -156,6 +164,12 @@ def status(
     width = max(len(c) for c in info.composites)
     for composite in info.composites:
         typer.echo(f"  {composite.ljust(width)}  {int(done.sum())}/{len(units)} units")
+    if "writers" in report:
+        procs, nodes = report["writers"]["processes"], report["writers"]["nodes"]
+        typer.echo(
+            f"  written by: {procs} worker process{'es' * (procs != 1)} "
+            f"on {nodes} node{'s' * (nodes != 1)}"
+        )
     typer.echo(f"  merged: {'yes' if report['merged'] else 'no'}")
 
 

@@ -105,11 +105,13 @@ def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
 
     from heatjob.runner import connect
 
+    attached = ray.is_initialized()
     connect(address)
     try:
         return dict(ray.cluster_resources()), f"the cluster at {address}"
     finally:
-        ray.shutdown()
+        if not attached:
+            ray.shutdown()
 
 
 def _store_state(spec: JobSpec, job: PreparedJob) -> tuple[str, list]:

@@ -218,7 +218,7 @@ def finish_unit(
         root["samples/logits"][logits_samples.start : logits_samples.stop] = logits
     if row_targets is not None:
         root["rows/target"][unit.row_start : unit.row_stop] = row_targets
-    if writer is not None and "units/host" in root:  # stores made before 0.2 lack them
+    if writer is not None and "units/host" in root:  # 0.1.0 stores lack them
         host, node, pid = writer
         root["units/host"][unit.index] = host
         root["units/node"][unit.index] = node

@@ -131,6 +131,13 @@ def test_submit_with_address_runs_on_both_nodes(cluster, node_ids, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 CPU workers" in result.stdout
     assert_both_nodes_wrote_it(tmp_path / "out.zarr", node_ids, spec)
+    status = subprocess.run(
+        [*HEATJOB, "status", str(tmp_path / "out.zarr"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(status.stdout)["writers"] == {"nodes": 2, "processes": 2}
 
 
 def test_ray_job_submit_runs_heatjob_on_both_nodes(cluster, node_ids, tmp_path):
