@@ -26,9 +26,19 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+def url_options(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The fsspec options for a URL; {} for a plain path."""
+    if not is_url(path):
+        return {}
+    options = dict(storage_options or {})
+    if path.startswith(("file://", "local://")):
+        options.setdefault("auto_mkdir", True)  # zarr writes keys into folders not yet made
+    return options
+
+
 def zarr_options(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """Keyword arguments for zarr.open_group: storage options only where zarr takes them."""
-    return {"storage_options": dict(storage_options or {})} if is_url(path) else {}
+    return {"storage_options": url_options(path, storage_options)} if is_url(path) else {}
 
 
 def open_group(
@@ -53,7 +63,7 @@ class Location:
 
     def __init__(self, path: str, storage_options: dict[str, Any] | None = None):
         self.path = path
-        self.storage_options = dict(storage_options or {}) if is_url(path) else {}
+        self.storage_options = url_options(path, storage_options)
         try:
             self.fs, self.root = fsspec.core.url_to_fs(path, **self.storage_options)
         except (ImportError, ValueError) as exc:  # unknown protocol, its package missing

@@ -1,0 +1,94 @@
+"""Store locations without a server: plain folders and file:// URLs through the same code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from heatjob.errors import HeatjobError
+from heatjob.location import REDACTED, Location, is_url, open_group, redact
+from heatjob.plan import make_plan
+from heatjob.store import create_store, finish_unit, open_store, write_unit_heatmaps
+
+
+def small_store(path: str) -> None:
+    n, classes = 6, 3
+    labels = np.zeros((n, classes), dtype=bool)
+    labels[np.arange(n), np.arange(n) % classes] = True
+    plan = make_plan([[i % classes] for i in range(n)], "labels", classes, 4)
+    spec = {"store": {"path": path}}
+    root = create_store(
+        path, {"format": 1, "spec": spec}, plan, [f"id{i}" for i in range(n)],
+        np.ones((n, 2), np.int32), labels, np.zeros(0, np.int64), np.zeros(0, np.int32),
+        np.zeros((0, 4), np.float32), np.zeros(0, bool), ["EpsilonPlus"], 8, "float32",
+    )  # fmt: skip
+    unit = plan.units[1]
+    maps = np.arange(unit.n_rows * 64, dtype=np.float32).reshape(unit.n_rows, 8, 8)
+    write_unit_heatmaps(path, unit, {"EpsilonPlus": maps})
+    finish_unit(root, unit, range(4, 6), np.ones((2, classes), np.float32), None, ("h", "n", 7))
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_a_store_round_trips_through_a_folder_and_a_file_url(tmp_path, scheme):
+    path = f"{scheme}{tmp_path}/deeper/job.zarr"  # parents that do not exist yet
+    small_store(path)
+    root, info = open_store(path)
+    expected = np.arange(2 * 64, dtype=np.float32).reshape(2, 8, 8)
+    np.testing.assert_array_equal(root["heatmaps/EpsilonPlus"][4:6], expected)
+    assert np.isnan(root["heatmaps/EpsilonPlus"][:4]).all()
+    assert root["units/done"][:].tolist() == [False, True]
+    assert root["units/host"][:].tolist() == ["", "h"]
+    assert root["units/node"][:].tolist() == ["", "n"]
+    assert root["units/pid"][:].tolist() == [-1, 7]
+    # the same bytes as a plain zarr reader sees them at the folder
+    plain = zarr.open_group(str(tmp_path / "deeper/job.zarr"), mode="r")
+    np.testing.assert_array_equal(plain["heatmaps/EpsilonPlus"][4:6], expected)
+
+    location = Location(path)
+    assert location.names() == {"zarr.json", "samples", "boxes", "rows", "heatmaps", "units"}
+    assert not location.is_file()
+    location.delete()
+    assert location.names() == set() and not (tmp_path / "deeper/job.zarr").exists()
+
+
+def test_a_missing_store_is_one_line_and_not_created(tmp_path):
+    with pytest.raises(HeatjobError, match="no Zarr store at"):
+        open_store(f"file://{tmp_path}/nothing.zarr")
+    assert not (tmp_path / "nothing.zarr").exists()
+
+
+def test_secrets_are_redacted_at_any_depth_and_the_rest_kept():
+    options = {
+        "key": "AKIA",
+        "secret": "s",
+        "token": "t",
+        "client_kwargs": {"endpoint_url": "http://x", "aws_secret_access_key": "s2"},
+        "anon": False,
+    }
+    assert redact(options) == {
+        "key": REDACTED,
+        "secret": REDACTED,
+        "token": REDACTED,
+        "client_kwargs": {"endpoint_url": "http://x", "aws_secret_access_key": REDACTED},
+        "anon": False,
+    }
+    assert options["secret"] == "s"  # the caller's options are untouched
+
+
+def test_provenance_in_the_store_holds_no_secret(tmp_path):
+    from heatjob.store import provenance
+
+    spec = {"store": {"path": "s3://b/k", "storage_options": {"secret": "s3cr3t"}}}
+    attrs = provenance(spec, ["a"], "", 4, False, 1)
+    assert attrs["spec"]["store"]["storage_options"] == {"secret": REDACTED}
+    assert spec["store"]["storage_options"] == {"secret": "s3cr3t"}
+
+
+def test_urls_and_unknown_protocols():
+    assert is_url("s3://bucket/key") and is_url("file:///tmp/x")
+    assert not is_url("out/job.zarr") and not is_url("/abs/job.zarr")
+    with pytest.raises(HeatjobError, match="store path nosuch://b/k"):
+        Location("nosuch://b/k")
+    group = open_group("memory://heatjob-test/x.zarr", "w")
+    assert isinstance(group, zarr.Group)
