@@ -156,3 +156,18 @@ def test_ray_job_submit_runs_heatjob_on_both_nodes(cluster, node_ids, tmp_path):
     assert "succeeded" in result.stdout + result.stderr
     assert "units written" in result.stdout  # heatjob's own summary line, from the job's log
     assert_both_nodes_wrote_it(tmp_path / "out.zarr", node_ids, spec)
+
+
+def test_dry_run_with_address_sizes_workers_from_the_cluster(cluster, tmp_path):
+    spec = write_spec(tmp_path / "job.toml", tmp_path / "out.zarr")
+    result = subprocess.run(
+        [*HEATJOB, "submit", str(spec), "--address", cluster.address, "--dry-run", "-q"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"from the cluster at {cluster.address}: 2 CPUs, 0 GPUs" in result.stdout
+    assert "2 CPU workers (1 CPU, 0 GPU, 1 torch thread each)" in result.stdout
+    assert not (tmp_path / "out.zarr").exists()

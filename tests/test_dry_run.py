@@ -96,7 +96,7 @@ def test_the_printed_plan_is_what_submit_then_does(tmp_path):
     # measured on one batch of 16 rows, it predicts the whole store's bytes per row closely
     assert on_disk == pytest.approx(stored, rel=0.25)
 
-    again = subprocess.run([*HEATJOB, "submit", str(spec), "--dry-run", "-q"], **env_run)
-    assert f"resumes: {units} of {units} units done" in again.stdout
-    assert f"{units} units of 8 rows, 0 to run" in again.stdout
+    again = format_dry_run(dry_run(parse_spec(raw, source=str(spec)), progress=False))
+    assert f"resumes: {units} of {units} units done" in again
+    assert f"{units} units of 8 rows, 0 to run" in again
     assert not np.isnan(store["heatmaps/lrp-eps"][:]).any()
