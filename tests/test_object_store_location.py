@@ -92,3 +92,23 @@ def test_urls_and_unknown_protocols():
         Location("nosuch://b/k")
     group = open_group("memory://heatjob-test/x.zarr", "w")
     assert isinstance(group, zarr.Group)
+
+
+def test_storage_options_must_be_a_table_and_do_not_decide_resumability():
+    from heatjob.errors import SpecError
+    from heatjob.spec import parse_spec
+
+    base = {
+        "dataset": {"kind": "synthetic"},
+        "model": {"arch": "small_cnn"},
+        "attribution": {"composites": ["EpsilonPlus"]},
+        "store": {"path": "s3://b/k.zarr", "storage_options": {"endpoint_url": "http://x"}},
+    }
+    spec = parse_spec(base, source="job.toml")
+    assert spec.store.storage_options == {"endpoint_url": "http://x"}
+    other = parse_spec(
+        {**base, "store": {"path": "s3://b/k.zarr", "storage_options": {"anon": True}}}
+    )
+    assert spec.content_dict() == other.content_dict()
+    with pytest.raises(SpecError, match=r"job.toml: \[store\] storage_options must be a table"):
+        parse_spec({**base, "store": {"path": "x", "storage_options": "key=1"}}, source="job.toml")

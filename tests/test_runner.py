@@ -80,3 +80,20 @@ def test_num_gpus_is_ignored_without_gpus_and_refused_beyond_the_cluster(cluster
     cluster(CPU=4.0, GPU=1.0)
     with pytest.raises(SpecError, match=r"num_gpus = 2.0 per worker, but the cluster has 1"):
         runner.plan_workers(0, "auto", n_units=100, num_gpus=2.0)
+
+
+def test_num_gpus_in_the_spec_is_a_non_negative_number():
+    from heatjob.spec import parse_spec
+
+    base = {
+        "dataset": {"kind": "synthetic"},
+        "model": {"arch": "small_cnn"},
+        "attribution": {"composites": ["EpsilonPlus"]},
+        "store": {"path": "out.zarr"},
+    }
+    assert parse_spec({**base, "run": {"num_gpus": 0.25}}).run.num_gpus == 0.25
+    assert parse_spec({**base, "run": {"num_gpus": 1}}).run.num_gpus == 1.0
+    with pytest.raises(SpecError, match=r"\[run\] num_gpus must be 0 \(automatic\) or positive"):
+        parse_spec({**base, "run": {"num_gpus": -1}})
+    with pytest.raises(SpecError, match=r"\[run\] num_gpus must be a number, got True"):
+        parse_spec({**base, "run": {"num_gpus": True}})
