@@ -42,6 +42,12 @@ HEATJOB = [sys.executable, "-m", "heatjob.cli"]
 def s3():
     """moto's S3 server and a bucket; no AWS variables in this process while Ray starts."""
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
+    # nor credentials from files or an instance role: only what each test hands over
+    os.environ.update(
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
+        AWS_CONFIG_FILE="/nonexistent/config",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -65,6 +71,8 @@ def s3():
     finally:
         ray.shutdown()
         server.stop()
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            del os.environ[key]
         os.environ.update(saved)
 
 
