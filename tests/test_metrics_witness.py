@@ -187,9 +187,7 @@ def test_nan_and_inf_maps_are_not_scored():
     boxes_out = M.heatmap_boxes(heatmaps)
     assert np.isfinite(boxes_out[0]).all() and np.isnan(boxes_out[1:]).all()
     # the finite row is scored as if it were alone
-    assert M.relevance_mass(heatmaps, masks)[0] == pytest.approx(
-        _naive_mass(heatmaps[0], masks[0])
-    )
+    assert M.relevance_mass(heatmaps, masks)[0] == pytest.approx(_naive_mass(heatmaps[0], masks[0]))
 
 
 def test_all_zero_and_all_negative_maps_by_hand():
@@ -239,8 +237,11 @@ def test_weighted_voc_ap_equals_duplicated_images_through_the_devkit():
     copies = [(i, c) for i in range(n_img) for c in range(w_img[i])]
     new_id = {key: k for k, key in enumerate(copies)}
     dup_det = [(d, new_id[(det_sample[d], c)]) for d in order for c in range(w_img[det_sample[d]])]
-    dup_gt = [(g, new_id[(gt_sample[g], c)]) for g in range(len(gt_sample))
-              for c in range(w_img[gt_sample[g]])]
+    dup_gt = [
+        (g, new_id[(gt_sample[g], c)])
+        for g in range(len(gt_sample))
+        for c in range(w_img[gt_sample[g]])
+    ]
     want = _devkit_ap(
         det_boxes[[d for d, _ in dup_det]],
         det_scores[[d for d, _ in dup_det]],
