@@ -176,7 +176,7 @@ def render(
     store: Annotated[str, typer.Argument(help="A heatjob store.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Folder for the PNGs.", show_default=False)],
     rows: Annotated[
-        list[int] | None, typer.Option(help="Rows to draw (repeat the option for several).")
+        str | None, typer.Option(help="Rows to draw: 0,5,9 or 10-20 (ranges inclusive).")
     ] = None,
     sample: Annotated[
         int | None, typer.Option(min=1, help="Draw N rows chosen at random (default 6).")
@@ -188,10 +188,12 @@ def render(
     ] = None,
 ) -> None:
     """Heatmap overlays (input image, heatmap, boxes) per row and composite, and a grid."""
+    from heatjob.render import parse_rows
     from heatjob.render import render as run_render
 
     notes: list[str] = []
-    written = run_render(store, str(out), rows, sample, seed, composite, notes)
+    chosen = parse_rows(rows) if rows else None
+    written = run_render(store, str(out), chosen, sample, seed, composite, notes)
     typer.echo(f"wrote {len(written)} PNGs to {out} (grid: {written[-1]})")
     for note in notes:
         typer.echo(f"note: {note}")

@@ -180,7 +180,7 @@ def score_block(heatmaps: np.ndarray, geometry: RowGeometry, index: np.ndarray) 
         "box_share": masks.reshape(len(index), -1).mean(axis=1),
         "mass": mass,
         "other_mass": np.where(has_other, metrics.relevance_mass(heatmaps, other), np.nan),
-        "mass_weighted": metrics.relevance_mass_weighted(heatmaps, masks),
+        "mass_weighted": metrics.relevance_mass_weighted(heatmaps, masks, mass=mass),
         "rank": metrics.relevance_rank(heatmaps, masks),
         "pixel_ap": metrics.pixel_average_precision(heatmaps, masks),
         "box": metrics.heatmap_boxes(heatmaps),

@@ -185,25 +185,26 @@ def relevance_mass(heatmaps, masks) -> np.ndarray:
     n, s = _check_pair(heatmaps, masks)
     out = np.zeros(n, dtype=np.float64)
     for a, b in _blocks(n, s):
-        h = np.asarray(heatmaps[a:b], dtype=np.float64).reshape(b - a, -1)
-        pos = np.maximum(h, 0.0)
+        h = np.asarray(heatmaps[a:b]).reshape(b - a, -1)
+        pos = np.maximum(h.astype(_score_dtype(h.dtype), copy=False), 0)
         m = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1)
-        total = pos.sum(axis=1)
-        inside = np.where(m, pos, 0.0).sum(axis=1)
-        ok = (total > 0) & _finite(h)
+        total = pos.sum(axis=1, dtype=np.float64)
+        inside = np.where(m, pos, 0).sum(axis=1, dtype=np.float64)
+        finite = _finite(h)
+        ok = (total > 0) & finite
         out[a:b][ok] = inside[ok] / total[ok]
-        out[a:b][~_finite(h)] = np.nan
+        out[a:b][~finite] = np.nan
     return out
 
 
-def relevance_mass_weighted(heatmaps, masks) -> np.ndarray:
+def relevance_mass_weighted(heatmaps, masks, mass: np.ndarray | None = None) -> np.ndarray:
     """(n,) the paper's mu_w = mu * (S*S / mask size): 1.0 is chance for a uniform map.
 
     An empty mask gives 0.0 (mu is 0 there and no size can be divided by); a map
-    with NaN or +-Inf gives nan.
+    with NaN or +-Inf gives nan. ``mass``: mu when the caller has it already.
     """
     n, s = _check_pair(heatmaps, masks)
-    mu = relevance_mass(heatmaps, masks)
+    mu = relevance_mass(heatmaps, masks) if mass is None else np.asarray(mass, np.float64)
     area = np.empty(n, dtype=np.float64)
     for a, b in _blocks(n, s):
         area[a:b] = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1).sum(axis=1)
@@ -224,7 +225,6 @@ def relevance_rank(heatmaps, masks) -> np.ndarray:
     """
     n, s = _check_pair(heatmaps, masks)
     out = np.zeros(n, dtype=np.float64)
-    npix = s * s
     for a, b in _blocks(n, s):
         r = b - a
         h = np.asarray(heatmaps[a:b]).reshape(r, -1)
@@ -232,59 +232,41 @@ def relevance_rank(heatmaps, masks) -> np.ndarray:
         m = np.asarray(masks[a:b], dtype=bool).reshape(r, -1)
         k = m.sum(axis=1)
         ok = k > 0
-        out[a:b][~_finite(h)] = np.nan
-        ok &= _finite(h)
-        if not ok.any():
-            continue
-        srt = np.sort(h, axis=1)
-        kth = srt[np.arange(r), npix - np.maximum(k, 1)]  # the K-th largest value
-        above = h > kth[:, None]
-        tied = h == kth[:, None]
-        need = k - above.sum(axis=1)  # how many tied pixels complete the top K
-        taken_ties = tied & (np.cumsum(tied, axis=1) <= need[:, None])
-        hits = (above & m).sum(axis=1) + (taken_ties & m).sum(axis=1)
-        out[a:b][ok] = hits[ok] / k[ok]
+        finite = _finite(h)
+        for i in np.flatnonzero(ok & finite):
+            out[a + i] = _rank_of_row(h[i], m[i], int(k[i]))
+        out[a:b][~finite] = np.nan
     return out
+
+
+def _rank_of_row(h: np.ndarray, m: np.ndarray, k: int) -> float:
+    """Hits among the top k of one flat row: all above the k-th largest value, then the
+    earliest (row-major) pixels tied with it. O(pixels): a partition, not a sort."""
+    kth = np.partition(h, len(h) - k)[len(h) - k]
+    above = h > kth
+    need = k - int(above.sum())
+    hits = int((above & m).sum())
+    tied = np.flatnonzero(h == kth)
+    return (hits + int(m[tied[:need]].sum())) / k
 
 
 # ------------------------------------------------------------------------- pixel AP
 
 
-def _descending_keys(h: np.ndarray) -> np.ndarray:
-    """uint32 keys whose ascending order is the descending order of float32 ``h``.
+def _ap_of_row(ascending: np.ndarray, positives: np.ndarray) -> float:
+    """sklearn's AP of one row from its sorted scores and its positives' scores.
 
-    Equal values (including -0.0 and +0.0) get equal keys.
+    AP = sum over thresholds t of (R(t) - R(t_prev)) * P(t) gives each positive pixel
+    the weight 1/npos times the precision at its own score: (positives scoring >= s)
+    / (pixels scoring >= s). Tied pixels share that threshold, as in sklearn.
     """
-    bits = (h.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 -> +0.0
-    neg = (bits >> 31).astype(bool)
-    ordered = np.where(neg, ~bits, bits | np.uint32(0x80000000))  # ascending with value
-    return ~ordered
-
-
-def _ap_from_sorted(score_key: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """AP per row from pixels sorted by descending score (ties adjacent, any order).
-
-    sklearn's definition: sum over distinct thresholds t (descending) of
-    (R(t) - R(t_prev)) * P(t), where P and R count every pixel with score >= t.
-    """
-    r, npix = label.shape
-    cum_tp = np.cumsum(label, axis=1, dtype=np.int64)
-    is_end = np.empty((r, npix), dtype=bool)  # last pixel of a group of tied scores
-    is_end[:, :-1] = score_key[:, 1:] != score_key[:, :-1]
-    is_end[:, -1] = True
-    rows, cols = np.nonzero(is_end)
-    tp = cum_tp[rows, cols]
-    delta = np.diff(tp, prepend=0)
-    first = np.ones(len(rows), dtype=bool)
-    first[1:] = rows[1:] != rows[:-1]
-    delta[first] = tp[first]
-    contrib = delta * (tp / (cols + 1.0))
-    total = np.bincount(rows, weights=contrib, minlength=r)
-    npos = cum_tp[:, -1]
-    out = np.zeros(r, dtype=np.float64)
-    ok = npos > 0
-    out[ok] = total[ok] / npos[ok]
-    return out
+    k = len(positives)
+    if k == 0:
+        return 0.0
+    positives = np.sort(positives)
+    at_least_all = len(ascending) - np.searchsorted(ascending, positives, side="left")
+    at_least_pos = k - np.searchsorted(positives, positives, side="left")
+    return float(np.mean(at_least_pos / at_least_all))
 
 
 def pixel_average_precision(heatmaps, masks) -> np.ndarray:
@@ -293,29 +275,20 @@ def pixel_average_precision(heatmaps, masks) -> np.ndarray:
     Identical in definition (ties included) to
     ``sklearn.metrics.average_precision_score(mask.ravel(), heatmap.ravel())``: tied
     pixels enter the precision-recall curve together as one threshold. An empty mask
-    gives 0.0, as sklearn does; a map with NaN or +-Inf nan. Pixels are sorted on one
-    uint64 key per pixel (descending score, mask bit below) for speed; float64 maps use
-    an argsort.
+    gives 0.0, as sklearn does; a map with NaN or +-Inf nan. One sort of the map per
+    row, then a binary search per mask pixel (see :func:`_ap_of_row`).
     """
     n, s = _check_pair(heatmaps, masks)
     out = np.zeros(n, dtype=np.float64)
     for a, b in _blocks(n, s):
         r = b - a
         h = np.asarray(heatmaps[a:b]).reshape(r, -1)
+        h = h.astype(_score_dtype(h.dtype), copy=False)
         m = np.asarray(masks[a:b], dtype=bool).reshape(r, -1)
         finite = _finite(h)
-        if _score_dtype(h.dtype) == np.float32:
-            key = (_descending_keys(h).astype(np.uint64) << np.uint64(1)) | m
-            key.sort(axis=1)
-            label = (key & np.uint64(1)).astype(np.int8)
-            score_key = key >> np.uint64(1)
-        else:
-            h = h.astype(np.float64) + 0.0
-            order = np.argsort(-h, axis=1)
-            score_key = np.take_along_axis(h, order, axis=1)
-            label = np.take_along_axis(m, order, axis=1).astype(np.int8)
-        out[a:b] = _ap_from_sorted(score_key, label)
-        out[a:b][~finite] = np.nan
+        ascending = np.sort(h, axis=1)
+        for i in range(r):
+            out[a + i] = _ap_of_row(ascending[i], h[i][m[i]]) if finite[i] else np.nan
     return out
 
 
@@ -345,7 +318,7 @@ def heatmap_boxes(heatmaps, share: float = BOX_RELEVANCE_SHARE) -> np.ndarray:
         r = b - a
         h = np.asarray(heatmaps[a:b])
         positive = np.clip(h.astype(_score_dtype(h.dtype), copy=False), 0, None).reshape(r, -1)
-        ranked = -np.sort(-positive, axis=1)
+        ranked = np.sort(positive, axis=1)[:, ::-1]
         held = np.cumsum(ranked, axis=1, dtype=np.float64)
         total = held[:, -1]
         has = total > 0

@@ -35,6 +35,20 @@ FIGURE_METRICS = [
 ]
 
 
+def parse_rows(text: str) -> list[int]:
+    """'0,5,9-12' -> [0, 5, 9, 10, 11, 12]; a bad item is a one-line error."""
+    out: list[int] = []
+    for item in text.split(","):
+        lo, _, hi = item.strip().partition("-")
+        try:
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise HeatjobError(
+                f"--rows: {item.strip()!r} is not a row or a range like 10-20"
+            ) from None
+    return out
+
+
 def choose_rows(n_rows: int, rows: list[int] | None, sample: int | None, seed: int) -> list[int]:
     """The rows asked for, or `sample` rows drawn at random (seeded), in store order."""
     if rows:
@@ -242,13 +256,15 @@ def metrics_figure(report, path: str) -> Path:
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(
         f"{Path(str(report.store)).name}: metrics per composite, 95% bootstrap intervals "
         "(dashed: baselines)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
