@@ -173,6 +173,7 @@ def score_block(heatmaps: np.ndarray, geometry: RowGeometry, index: np.ndarray) 
     other = _union_masks([geometry.other_boxes[i] for i in index], size) & ~masks
     has_other = np.array([len(geometry.other_boxes[i]) > 0 for i in index], dtype=bool)
     mass = metrics.relevance_mass(heatmaps, masks)
+    ascending = metrics.sorted_rows(heatmaps)  # shared by pixel AP and the heatmap box
     return {
         "finite": finite,
         "hit": np.where(finite, hit, np.nan),
@@ -182,8 +183,8 @@ def score_block(heatmaps: np.ndarray, geometry: RowGeometry, index: np.ndarray) 
         "other_mass": np.where(has_other, metrics.relevance_mass(heatmaps, other), np.nan),
         "mass_weighted": metrics.relevance_mass_weighted(heatmaps, masks, mass=mass),
         "rank": metrics.relevance_rank(heatmaps, masks),
-        "pixel_ap": metrics.pixel_average_precision(heatmaps, masks),
-        "box": metrics.heatmap_boxes(heatmaps),
+        "pixel_ap": metrics.pixel_average_precision(heatmaps, masks, ascending),
+        "box": metrics.heatmap_boxes(heatmaps, ascending=ascending),
     }
 
 

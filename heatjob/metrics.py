@@ -34,6 +34,7 @@ __all__ = [
     "relevance_mass",
     "relevance_mass_weighted",
     "relevance_rank",
+    "sorted_rows",
     "voc_average_precision",
     "voc_ap_from_matches",
     "voc_matches",
@@ -269,7 +270,18 @@ def _ap_of_row(ascending: np.ndarray, positives: np.ndarray) -> float:
     return float(np.mean(at_least_pos / at_least_all))
 
 
-def pixel_average_precision(heatmaps, masks) -> np.ndarray:
+def sorted_rows(heatmaps) -> np.ndarray:
+    """(n, S*S) each map's values ascending (float32 for float16/32 maps).
+
+    :func:`pixel_average_precision` and :func:`heatmap_boxes` both need it; a caller
+    that scores one block with both sorts once and passes it as ``ascending``.
+    """
+    h = np.asarray(heatmaps)
+    h = h.reshape(h.shape[0], -1)
+    return np.sort(h.astype(_score_dtype(h.dtype), copy=False), axis=1)
+
+
+def pixel_average_precision(heatmaps, masks, ascending: np.ndarray | None = None) -> np.ndarray:
     """(n,) per row, the average precision of ranking pixels by relevance against the mask.
 
     Identical in definition (ties included) to
@@ -286,9 +298,9 @@ def pixel_average_precision(heatmaps, masks) -> np.ndarray:
         h = h.astype(_score_dtype(h.dtype), copy=False)
         m = np.asarray(masks[a:b], dtype=bool).reshape(r, -1)
         finite = _finite(h)
-        ascending = np.sort(h, axis=1)
+        srt = np.sort(h, axis=1) if ascending is None else ascending[a:b]
         for i in range(r):
-            out[a + i] = _ap_of_row(ascending[i], h[i][m[i]]) if finite[i] else np.nan
+            out[a + i] = _ap_of_row(srt[i], h[i][m[i]]) if finite[i] else np.nan
     return out
 
 
@@ -298,7 +310,9 @@ def pixel_average_precision(heatmaps, masks) -> np.ndarray:
 BOX_RELEVANCE_SHARE = 0.5
 
 
-def heatmap_boxes(heatmaps, share: float = BOX_RELEVANCE_SHARE) -> np.ndarray:
+def heatmap_boxes(
+    heatmaps, share: float = BOX_RELEVANCE_SHARE, ascending: np.ndarray | None = None
+) -> np.ndarray:
     """(n, 4) float64: one box per heatmap for box AP, in half-open pixel coordinates.
 
     Definition: rank the pixels by positive relevance R+ = max(R, 0); take the
@@ -318,7 +332,10 @@ def heatmap_boxes(heatmaps, share: float = BOX_RELEVANCE_SHARE) -> np.ndarray:
         r = b - a
         h = np.asarray(heatmaps[a:b])
         positive = np.clip(h.astype(_score_dtype(h.dtype), copy=False), 0, None).reshape(r, -1)
-        ranked = np.sort(positive, axis=1)[:, ::-1]
+        if ascending is None:
+            ranked = np.sort(positive, axis=1)[:, ::-1]
+        else:  # clipping at 0 keeps the order: the sorted map, clipped
+            ranked = np.clip(ascending[a:b, ::-1], 0, None)
         held = np.cumsum(ranked, axis=1, dtype=np.float64)
         total = held[:, -1]
         has = total > 0

@@ -253,3 +253,19 @@ def test_weighted_voc_ap_equals_duplicated_images_through_the_devkit():
     weighted_npos = float(np.sum(w_img[gt_sample] * ~gt_difficult))
     got = M.voc_ap_from_matches(order, tp, counted, weighted_npos, weights=w_img[det_sample])
     assert got == pytest.approx(want)
+
+
+def test_a_shared_sort_gives_the_same_pixel_ap_and_boxes():
+    rng = np.random.default_rng(9)
+    heatmaps = (rng.standard_normal((12, S, S)) * 3).round().astype(np.float16)  # ties, zeros
+    heatmaps[4] = -np.abs(heatmaps[4])  # no positive relevance
+    heatmaps[5, 1, 1] = np.nan
+    masks = M.box_masks(_random_boxes(rng, 12), S)
+    ascending = M.sorted_rows(heatmaps)
+    np.testing.assert_array_equal(
+        M.pixel_average_precision(heatmaps, masks, ascending),
+        M.pixel_average_precision(heatmaps, masks),
+    )
+    np.testing.assert_array_equal(
+        M.heatmap_boxes(heatmaps, ascending=ascending), M.heatmap_boxes(heatmaps)
+    )
