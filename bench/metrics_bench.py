@@ -131,9 +131,10 @@ def speed(args) -> dict:
 CHILD = """
 import resource, sys, time
 from heatjob.merge import merge
+imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 merge(sys.argv[1], progress=False, resamples=int(sys.argv[2]))
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, imported)
 """
 
 
@@ -199,7 +200,7 @@ def memory(args) -> list[dict]:
                 text=True,
                 env=env,
             )
-            seconds, rss_kb = result.stdout.split()
+            seconds, rss_kb, imported_kb = result.stdout.split()
             out.append(
                 {
                     "rows": n,
@@ -207,6 +208,9 @@ def memory(args) -> list[dict]:
                     "heatmap_bytes_float16": n * args.size * args.size * 2,
                     "merge_s": round(float(seconds), 1),
                     "peak_rss_mb": round(int(rss_kb) / 1024, 1),
+                    # heatjob.store imports torch: that much is there before merge starts
+                    "rss_after_import_mb": round(int(imported_kb) / 1024, 1),
+                    "merge_growth_mb": round((int(rss_kb) - int(imported_kb)) / 1024, 1),
                     "bootstrap_resamples": args.bootstrap,
                 }
             )

@@ -10,10 +10,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from test_merge import COMPOSITES, make_store
 
 import heatjob
 from heatjob.merge import merge
-from test_merge import COMPOSITES, make_store
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -79,5 +79,6 @@ def test_the_readme_lines_run_and_say_what_they_claim(store):
     sample = list(root["samples/id"][:]).index("synthetic-000004")
     rows = np.flatnonzero(root["rows/sample"][:] == sample)
     assert maps.shape == (len(COMPOSITES), len(rows), *root["heatmaps/EpsilonPlusFlat"].shape[1:])
-    np.testing.assert_array_equal(maps.sel(composite="EpsilonPlusFlat").values,
-                                  root["heatmaps/EpsilonPlusFlat"][rows])
+    np.testing.assert_array_equal(
+        maps.sel(composite="EpsilonPlusFlat").values, root["heatmaps/EpsilonPlusFlat"][rows]
+    )

@@ -11,9 +11,9 @@ import warnings
 
 import numpy as np
 import pytest
+from test_metrics import _devkit_ap, _naive_mass, _sk_ap
 
 from heatjob import metrics as M
-from tests.test_metrics import _devkit_ap, _naive_mass, _sk_ap
 
 quantus = pytest.importorskip("quantus")
 

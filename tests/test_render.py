@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import zarr
 from PIL import Image
+from test_merge import COMPOSITES, make_store
 
 from heatjob.errors import HeatjobError
 from heatjob.merge import merge
 from heatjob.render import parse_rows, render
-from test_merge import COMPOSITES, make_store
 
 
 @pytest.fixture(scope="module")
