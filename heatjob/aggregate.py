@@ -54,6 +54,7 @@ class Scored:
     values: dict[str, np.ndarray]  # per-row values, nan where not scored
     matches: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     # class -> (rows of that class, voc order, tp, counted) for box AP
+    _by_class: tuple | None = None  # cache of _by_class
 
 
 def box_matches(design: Design, boxes: np.ndarray, scores: np.ndarray, gt_xyxy, gt_difficult):
@@ -75,6 +76,21 @@ def box_matches(design: Design, boxes: np.ndarray, scores: np.ndarray, gt_xyxy, 
     return out
 
 
+def _by_class(scored: Scored, design: Design):
+    """Rows grouped by class once per source: (order, starts, classes, values, valid).
+
+    values holds every per-row metric as a column (nan -> 0), valid says which are
+    not nan; a resample then needs only two weighted sums per class group.
+    """
+    if scored._by_class is None:
+        order = np.argsort(design.target, kind="stable")
+        classes, starts = np.unique(design.target[order], return_index=True)
+        stacked = np.stack([scored.values[n][order] for n in (*CLASS_MEANS, *ROW_MEANS)], 1)
+        valid = ~np.isnan(stacked)
+        scored._by_class = (order, starts, classes, np.where(valid, stacked, 0.0), valid)
+    return scored._by_class
+
+
 def per_class(scored: Scored, design: Design, sample_weight: np.ndarray, rows=None) -> dict:
     """{metric: (C,) per-class value}, plus ``n_rows`` per class; ``rows`` masks rows."""
     w = sample_weight[design.sample].astype(np.float64)
@@ -82,13 +98,18 @@ def per_class(scored: Scored, design: Design, sample_weight: np.ndarray, rows=No
         w = np.where(rows, w, 0.0)
     c = design.n_classes
     out: dict[str, np.ndarray] = {}
-    for name in (*CLASS_MEANS, *ROW_MEANS):
-        v = scored.values[name]
-        ok = ~np.isnan(v) & (w > 0)
-        sums = np.bincount(design.target[ok], weights=(v * w)[ok], minlength=c)
-        counts = np.bincount(design.target[ok], weights=w[ok], minlength=c)
-        out[name] = np.divide(sums, counts, out=np.full(c, np.nan), where=counts > 0)
-        out[f"{name}:sum"], out[f"{name}:count"] = sums, counts
+    order, starts, classes, values, valid = _by_class(scored, design)
+    sums = np.zeros((c, values.shape[1]))
+    counts = np.zeros((c, values.shape[1]))
+    if len(order):
+        ws = w[order][:, None]
+        sums[classes] = np.add.reduceat(values * ws, starts, axis=0)
+        counts[classes] = np.add.reduceat(valid * ws, starts, axis=0)
+    for j, name in enumerate((*CLASS_MEANS, *ROW_MEANS)):
+        out[name] = np.divide(
+            sums[:, j], counts[:, j], out=np.full(c, np.nan), where=counts[:, j] > 0
+        )
+        out[f"{name}:sum"], out[f"{name}:count"] = sums[:, j], counts[:, j]
     ap = np.full(c, np.nan)
     gt_w = np.where(design.gt_counts, sample_weight[design.gt_sample], 0.0)
     npos = np.bincount(design.gt_class, weights=gt_w, minlength=c)

@@ -1,9 +1,15 @@
 """`heatjob merge`: stream a finished store shard by shard and score every composite.
 
 Box metrics need the target's boxes: rows whose target class has no box in its
-sample (e.g. a predicted class that is not present) are not scored. Two
-baselines are scored beside the composites, on the same rows: a uniform random
-heatmap and a centre-point heatmap, so a reader can tell what a number is worth.
+sample (e.g. a predicted class that is not present), rows of samples marked in
+`samples/failed`, and maps holding NaN or Inf are not scored. Two baselines are
+scored beside the composites, on the same rows: a uniform random heatmap and a
+centre-point heatmap, so a reader can tell what a number is worth.
+
+Memory: one shard of each composite at a time; what is kept per row is a few
+numbers (the per-row values), which go back into the store as
+`metrics/<composite>/<metric>` arrays. Aggregates, per-class and size tables and
+bootstrap intervals are computed from them (heatjob.aggregate).
 """
 
 from __future__ import annotations
@@ -372,13 +378,17 @@ def merge(
             del root.attrs[key]
     notes: list[str] = []
     report = MergeReport(path, {}, {}, notes)
-    if not info.has_boxes:
-        notes.append("box metrics skipped: the data set has no boxes")
+    geometry = row_geometry(root) if info.has_boxes else None
+    if geometry is None or len(geometry.rows) == 0:
+        notes.append(
+            "box metrics skipped: the data set has no boxes"
+            if geometry is None
+            else "nothing scored: no row's target class has a box in its sample"
+        )
         empty = {name: None for name in METRIC_NAMES} | {"n_rows": 0}
         report.metrics = {c: dict(empty) for c in info.composites}
         report.baselines = {b: dict(empty) for b in BASELINES}
     else:
-        geometry = row_geometry(root)
         n_rows = root["rows/sample"].shape[0]
         report.excluded_failed = geometry.failed_rows
         if geometry.failed_rows:
