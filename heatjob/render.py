@@ -92,15 +92,14 @@ def _input_images(info, samples: list[int], notes: list[str]) -> dict[int, np.nd
 class _Row:
     """What one overlay needs: heatmap, image, boxes, caption numbers."""
 
-    def __init__(self, root, info, row: int, image, classes: list[str]):
+    def __init__(self, root, boxes: tuple, row: int, image, classes: list[str]):
         self.row = row
         self.sample = int(root["rows/sample"][row])
         self.target = int(root["rows/target"][row])
         self.name = classes[self.target] if self.target < len(classes) else str(self.target)
         self.sample_id = str(root["samples/id"][self.sample])
         self.image = image
-        bs, bc = root["boxes/sample"][:], root["boxes/class"][:]
-        xyxy = root["boxes/xyxy"][:]
+        bs, bc, xyxy = boxes
         here = bs == self.sample
         self.boxes = xyxy[here & (bc == self.target)]
         self.other_boxes = xyxy[here & (bc != self.target)]
@@ -183,7 +182,8 @@ def render(
     samples = sorted({int(root["rows/sample"][r]) for r in chosen})
     images = _input_images(info, samples, notes)
     classes = list(info.attrs.get("classes", []))
-    drawn = [_Row(root, info, r, images[int(root["rows/sample"][r])], classes) for r in chosen]
+    boxes = (root["boxes/sample"][:], root["boxes/class"][:], root["boxes/xyxy"][:])
+    drawn = [_Row(root, boxes, r, images[int(root["rows/sample"][r])], classes) for r in chosen]
     heatmaps = {c: {r: root[f"heatmaps/{c}"][r].astype(np.float32) for r in chosen} for c in names}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

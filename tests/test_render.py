@@ -53,6 +53,7 @@ def test_sample_is_seeded_and_bad_rows_are_one_line_errors(store, tmp_path):
         parse_rows("1,x")
 
 
+@pytest.mark.slow
 def test_cli_render_and_merge_figure(store, tmp_path):
     def run(*args):
         return subprocess.run(
@@ -68,3 +69,18 @@ def test_cli_render_and_merge_figure(store, tmp_path):
     report = merge(str(store), progress=False, resamples=50, figure=str(figure))
     image = Image.open(figure)
     assert image.width > 800 and report.intervals
+
+
+def test_a_store_whose_data_is_gone_still_renders_the_heatmaps(tmp_path):
+    path = tmp_path / "gone.zarr"
+    root = make_store(path, n_samples=6)
+    attrs = dict(root.attrs["heatjob"])
+    attrs["spec"] = {
+        **attrs["spec"],
+        "dataset": {**attrs["spec"]["dataset"], "kind": "voc", "root": str(tmp_path / "nowhere")},
+    }
+    root.attrs["heatjob"] = attrs
+    notes: list[str] = []
+    written = render(str(path), str(tmp_path / "r"), rows=[0], notes=notes)
+    assert len(written) == len(COMPOSITES) + 1
+    assert len(notes) == 1 and "input images not drawn" in notes[0] and "nowhere" in notes[0]
