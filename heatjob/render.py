@@ -126,15 +126,10 @@ def _draw(ax, heatmap: np.ndarray, row: _Row, title: str) -> None:
         ax.imshow(grey, cmap="gray", vmin=0, vmax=1, extent=(0, s, s, 0))
     finite = np.where(np.isfinite(heatmap), heatmap, 0.0)
     limit = float(np.abs(finite).max()) or 1.0
-    ax.imshow(
-        heatmap,
-        cmap=CMAP,
-        vmin=-limit,
-        vmax=limit,
-        alpha=0.75 if row.image is not None else 1.0,
-        extent=(0, s, s, 0),
-        interpolation="nearest",
-    )
+    rgba = matplotlib.colormaps[CMAP]((finite / limit + 1) / 2)
+    if row.image is not None:  # opaque where relevance is strong, the image shows elsewhere
+        rgba[..., 3] = np.clip(2.5 * np.abs(finite) / limit, 0.15, 0.95)
+    ax.imshow(rgba, extent=(0, s, s, 0), interpolation="nearest")
     for boxes, style, colour in ((row.other_boxes, "--", "0.3"), (row.boxes, "-", "lime")):
         for x0, y0, x1, y1 in boxes:
             ax.add_patch(
