@@ -32,6 +32,7 @@ lint: install
 
 bench: install
 	$(PY) bench/run.py --out bench/results
+	$(PY) bench/metrics_bench.py --out bench/results
 
 # Each job: submit (resumes a partial store), then merge with a JSON report beside the store.
 precompute: install

@@ -110,16 +110,41 @@ def merge(
         Path | None,
         typer.Option("--json", help="Also write {composite: {metric: value}} to this file."),
     ] = None,
+    figure: Annotated[
+        Path | None,
+        typer.Option(help="Also draw the metrics per composite with their intervals (PNG)."),
+    ] = None,
+    per_class: Annotated[
+        bool, typer.Option("--per-class", help="Also print one table per composite by class.")
+    ] = False,
+    by_size: Annotated[
+        bool, typer.Option("--by-size", help="Also print the metrics by target box size.")
+    ] = False,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap resamples of the images (0 = no intervals).")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Score every composite (pointing game, relevance mass and rank, AP) and print a table."""
-    from heatjob.merge import format_table
+    from heatjob.merge import format_class_table, format_size_table, format_table
     from heatjob.merge import merge as run_merge
 
-    report = run_merge(store, str(json_file) if json_file else None, progress=not quiet)
+    report = run_merge(
+        store,
+        str(json_file) if json_file else None,
+        progress=not quiet,
+        resamples=bootstrap,
+        seed=seed,
+        figure=str(figure) if figure else None,
+    )
     typer.echo(format_table(report))
-    for note in report.notes:
-        typer.echo(f"note: {note}")
+    if figure:
+        typer.echo(f"wrote {figure}")
+    if per_class and report.per_class:
+        typer.echo("\n" + format_class_table(report))
+    if by_size and report.by_size:
+        typer.echo("\n" + format_size_table(report))
 
 
 @app.command()
@@ -171,6 +196,35 @@ def status(
             f"on {nodes} node{'s' * (nodes != 1)}"
         )
     typer.echo(f"  merged: {'yes' if report['merged'] else 'no'}")
+
+
+@app.command()
+@user_errors
+def render(
+    store: Annotated[str, typer.Argument(help="A heatjob store.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs.", show_default=False)],
+    rows: Annotated[
+        str | None, typer.Option(help="Rows to draw: 0,5,9 or 10-20 (ranges inclusive).")
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, help="Draw N rows chosen at random (default 6).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random choice of rows.")] = 0,
+    composite: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these composites (repeat for several; default all)."),
+    ] = None,
+) -> None:
+    """Heatmap overlays (input image, heatmap, boxes) per row and composite, and a grid."""
+    from heatjob.render import parse_rows
+    from heatjob.render import render as run_render
+
+    notes: list[str] = []
+    chosen = parse_rows(rows) if rows else None
+    written = run_render(store, str(out), chosen, sample, seed, composite, notes)
+    typer.echo(f"wrote {len(written)} PNGs to {out} (grid: {written[-1]})")
+    for note in notes:
+        typer.echo(f"note: {note}")
 
 
 @app.command()

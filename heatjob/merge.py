@@ -1,9 +1,15 @@
 """`heatjob merge`: stream a finished store shard by shard and score every composite.
 
 Box metrics need the target's boxes: rows whose target class has no box in its
-sample (e.g. a predicted class that is not present) are not scored. Two
-baselines are scored beside the composites, on the same rows: a uniform random
-heatmap and a centre-point heatmap, so a reader can tell what a number is worth.
+sample (e.g. a predicted class that is not present), rows of samples marked in
+`samples/failed`, and maps holding NaN or Inf are not scored. Two baselines are
+scored beside the composites, on the same rows: a uniform random heatmap and a
+centre-point heatmap, so a reader can tell what a number is worth.
+
+Memory: one shard of each composite at a time; what is kept per row is a few
+numbers (the per-row values), which go back into the store as
+`metrics/<composite>/<metric>` arrays. Aggregates, per-class and size tables and
+bootstrap intervals are computed from them (heatjob.aggregate).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from heatjob import metrics
+from heatjob import aggregate, metrics
 from heatjob.errors import HeatjobError
 from heatjob.store import StoreInfo, done_flags, open_store, store_units
 
@@ -32,9 +38,22 @@ METRIC_NAMES = (
     "relevance_rank",
     "pixel_ap",
     "box_ap50",
+    "class_discriminativity",
+    "other_class_mass",
     "n_rows",
 )
 BASELINES = ("baseline:random", "baseline:centre")
+# per-row arrays written to metrics/<composite>/<name>, one value per store row
+ROW_ARRAYS = (
+    "pointing_game",
+    "relevance_mass",
+    "relevance_mass_weighted",
+    "relevance_rank",
+    "pixel_ap",
+    "other_class_mass",
+)
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -45,10 +64,16 @@ class RowGeometry:
     sample: np.ndarray  # (n,)
     target: np.ndarray  # (n,)
     boxes: list[np.ndarray]  # per row: the target class's boxes, heatmap px
+    other_boxes: list[np.ndarray]  # per row: the boxes of the sample's other classes
     image_sizes: np.ndarray  # (n, 2) original height, width
     other_class: np.ndarray  # (n,) the sample has a class besides the target
     score: np.ndarray  # (n,) the target logit, to rank boxes for box AP
-    ground_truth: dict[str, np.ndarray]  # every box of the store: xyxy, sample, class, difficult
+    ground_truth: dict[str, np.ndarray]  # boxes of the samples not excluded
+    n_samples: int
+    n_classes: int
+    failed_samples: int = 0  # samples marked failed in samples/failed
+    failed_rows: int = 0  # their rows, left out
+    pool: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass
@@ -57,21 +82,43 @@ class MergeReport:
     metrics: dict[str, dict[str, float | None]]
     baselines: dict[str, dict[str, float | None]]
     notes: list[str] = field(default_factory=list)
+    intervals: dict[str, dict[str, list[float] | None]] = field(default_factory=dict)
+    per_class: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    by_size: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    excluded_failed: int = 0
+
+
+def failed_samples(root: zarr.Group, n_samples: int) -> np.ndarray:
+    """(N,) bool from `samples/failed` (written by submit when an input could not be read)."""
+    if "failed" not in root["samples"]:
+        return np.zeros(n_samples, dtype=bool)
+    return np.asarray(root["samples/failed"][:], dtype=bool)
 
 
 def row_geometry(root: zarr.Group) -> RowGeometry:
-    """Scored rows and their target boxes, from the store's small arrays."""
+    """Scored rows and their target boxes, from the store's small arrays.
+
+    A row is scored when its target class has a box in its sample and the sample is
+    not marked failed; a failed sample's boxes leave the ground truth too.
+    """
     rows_sample = root["rows/sample"][:]
     rows_target = root["rows/target"][:].astype(np.int64)
     labels = root["samples/labels"][:]
     logits = root["samples/logits"][:]
     sizes = root["samples/size"][:]
+    failed = failed_samples(root, labels.shape[0])
     box_sample = root["boxes/sample"][:]
     box_class = root["boxes/class"][:].astype(np.int64)
     xyxy = root["boxes/xyxy"][:]
+    difficult = root["boxes/difficult"][:]
+    keep_box = ~failed[box_sample] if len(box_sample) else np.zeros(0, bool)
+    box_sample, box_class = box_sample[keep_box], box_class[keep_box]
+    xyxy, difficult = xyxy[keep_box], difficult[keep_box]
     by_key: dict[tuple[int, int], list[int]] = {}
+    by_sample: dict[int, list[int]] = {}
     for b, key in enumerate(zip(box_sample.tolist(), box_class.tolist(), strict=True)):
         by_key.setdefault(key, []).append(b)
+        by_sample.setdefault(key[0], []).append(b)
     scored = [
         r
         for r, key in enumerate(zip(rows_sample.tolist(), rows_target.tolist(), strict=True))
@@ -80,11 +127,19 @@ def row_geometry(root: zarr.Group) -> RowGeometry:
     rows = np.asarray(scored, dtype=np.int64)
     sample, target = rows_sample[rows], rows_target[rows]
     n_labels = labels[sample].sum(axis=1)
+    other_boxes = []
+    for s, t in zip(sample.tolist(), target.tolist(), strict=True):
+        others = [b for b in by_sample[s] if box_class[b] != t]
+        other_boxes.append(xyxy[others])
+    with_rows = np.zeros(labels.shape[0], dtype=bool)
+    with_rows[sample] = True
+    with_rows[box_sample] = True
     return RowGeometry(
         rows=rows,
         sample=sample,
         target=target,
         boxes=[xyxy[by_key[(int(s), int(t))]] for s, t in zip(sample, target, strict=True)],
+        other_boxes=other_boxes,
         image_sizes=sizes[sample],
         other_class=(n_labels - labels[sample, target].astype(int)) > 0,
         score=logits[sample, target],
@@ -92,63 +147,120 @@ def row_geometry(root: zarr.Group) -> RowGeometry:
             "xyxy": xyxy,
             "sample": box_sample,
             "class": box_class,
-            "difficult": root["boxes/difficult"][:],
+            "difficult": difficult,
         },
+        n_samples=labels.shape[0],
+        n_classes=labels.shape[1],
+        failed_samples=int(failed.sum()),
+        failed_rows=int(failed[rows_sample].sum()) if len(rows_sample) else 0,
+        pool=np.flatnonzero(with_rows & ~failed),
     )
 
 
+def _union_masks(boxes: list[np.ndarray], size: int) -> np.ndarray:
+    """Like metrics.box_masks, but a row without boxes gets an empty mask."""
+    out = np.zeros((len(boxes), size, size), dtype=bool)
+    has = [i for i, b in enumerate(boxes) if len(b)]
+    if has:
+        out[has] = metrics.box_masks([boxes[i] for i in has], size)
+    return out
+
+
 def score_block(heatmaps: np.ndarray, geometry: RowGeometry, index: np.ndarray) -> dict:
-    """Per-row metric values for the scored rows `index` (positions in geometry)."""
+    """Per-row metric values for the scored rows `index` (positions in geometry).
+
+    Rows whose map holds NaN or +-Inf get nan everywhere (``finite`` False).
+    """
     boxes = [geometry.boxes[i] for i in index]
     size = heatmaps.shape[-1]
     masks = metrics.box_masks(boxes, size)
+    finite = metrics.finite_rows(heatmaps)
+    hit = metrics.pointing_game_hits(heatmaps, boxes, geometry.image_sizes[index])
+    other = _union_masks([geometry.other_boxes[i] for i in index], size) & ~masks
+    has_other = np.array([len(geometry.other_boxes[i]) > 0 for i in index], dtype=bool)
+    mass = metrics.relevance_mass(heatmaps, masks)
+    ascending = metrics.sorted_rows(heatmaps)  # shared by pixel AP and the heatmap box
     return {
-        "hit": metrics.pointing_game_hits(heatmaps, boxes, geometry.image_sizes[index]),
+        "finite": finite,
+        "hit": np.where(finite, hit, np.nan),
         "hard": metrics.hard_subset(masks, geometry.other_class[index]),
-        "mass": metrics.relevance_mass(heatmaps, masks),
-        "mass_weighted": metrics.relevance_mass_weighted(heatmaps, masks),
+        "box_share": masks.reshape(len(index), -1).mean(axis=1),
+        "mass": mass,
+        "other_mass": np.where(has_other, metrics.relevance_mass(heatmaps, other), np.nan),
+        "mass_weighted": metrics.relevance_mass_weighted(heatmaps, masks, mass=mass),
         "rank": metrics.relevance_rank(heatmaps, masks),
-        "pixel_ap": metrics.pixel_average_precision(heatmaps, masks),
-        "box": metrics.heatmap_boxes(heatmaps),
+        "pixel_ap": metrics.pixel_average_precision(heatmaps, masks, ascending),
+        "box": metrics.heatmap_boxes(heatmaps, ascending=ascending),
     }
 
 
-def aggregate(per_row: dict, geometry: RowGeometry) -> dict[str, float | None]:
-    """The contract's metrics from per-row values."""
-    classes = geometry.target
+def design_of(geometry: RowGeometry) -> aggregate.Design:
     gt = geometry.ground_truth
+    return aggregate.Design(
+        sample=geometry.sample,
+        target=geometry.target,
+        n_samples=geometry.n_samples,
+        n_classes=geometry.n_classes,
+        gt_sample=gt["sample"],
+        gt_class=gt["class"],
+        gt_counts=~np.asarray(gt["difficult"], dtype=bool),
+        pool=geometry.pool,
+    )
+
+
+def scored_source(per_row: dict, geometry: RowGeometry, design: aggregate.Design):
+    """The per-row values of one source in the names aggregate.py expects."""
     hard = per_row["hard"]
-    box_ap = []
-    for c in np.unique(classes):
-        det = classes == c
-        gt_c = gt["class"] == c
-        box_ap.append(
-            metrics.voc_average_precision(
-                per_row["box"][det],
-                geometry.score[det],
-                geometry.sample[det],
-                gt["xyxy"][gt_c],
-                gt["sample"][gt_c],
-                gt["difficult"][gt_c],
-            )
-        )
-    box_ap = [v for v in box_ap if not np.isnan(v)]
-
-    def value(x: float) -> float | None:
-        return None if x is None or np.isnan(x) else round(float(x), 6)
-
-    return {
-        "pointing_game": value(metrics.mean_over_classes(per_row["hit"].astype(float), classes)),
-        "pointing_game_difficult": value(
-            metrics.mean_over_classes(per_row["hit"][hard].astype(float), classes[hard])
-        ),
-        "relevance_mass": value(np.mean(per_row["mass"])),
-        "relevance_mass_weighted": value(np.mean(per_row["mass_weighted"])),
-        "relevance_rank": value(np.mean(per_row["rank"])),
-        "pixel_ap": value(metrics.mean_over_classes(per_row["pixel_ap"], classes)),
-        "box_ap50": value(np.mean(box_ap) if box_ap else np.nan),
-        "n_rows": int(len(classes)),
+    values = {
+        "pointing_game": per_row["hit"],
+        "pointing_game_difficult": np.where(hard, per_row["hit"], np.nan),
+        "relevance_mass": per_row["mass"],
+        "relevance_mass_weighted": per_row["mass_weighted"],
+        "relevance_rank": per_row["rank"],
+        "pixel_ap": per_row["pixel_ap"],
+        "other_class_mass": per_row["other_mass"],
+        "class_discriminativity": per_row["mass"] - per_row["other_mass"],
     }
+    gt = geometry.ground_truth
+    matches = aggregate.box_matches(
+        design, per_row["box"], geometry.score, gt["xyxy"], gt["difficult"]
+    )
+    return aggregate.Scored(values, matches)
+
+
+def _value(x) -> float | None:
+    return None if x is None or np.isnan(x) else round(float(x), 6)
+
+
+def aggregate_source(scored: aggregate.Scored, design: aggregate.Design) -> dict:
+    """The contract's metrics (and heatjob's additions) of one source."""
+    table = aggregate.per_class(scored, design, np.ones(design.n_samples))
+    summary = aggregate.summarise(table)
+    out: dict[str, float | int | None] = {k: _value(summary[k]) for k in aggregate.AGGREGATES}
+    out["n_rows"] = int(table["n_rows"].sum())
+    return {k: out[k] for k in METRIC_NAMES}
+
+
+def class_tables(scored, design, classes: list[str]) -> dict[str, dict[str, float | None]]:
+    """{class name: {metric: value}} for the classes that have scored rows."""
+    table = aggregate.per_class(scored, design, np.ones(design.n_samples))
+    out = {}
+    for c in np.unique(design.target):
+        row = {k: _value(table[k][c]) for k in aggregate.AGGREGATES}
+        row["n_rows"] = int(table["n_rows"][c])
+        out[classes[c] if c < len(classes) else str(c)] = row
+    return out
+
+
+def size_tables(scored, design, box_share: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """{size bin: {metric: value}}; box AP is not split by size (its GT is per class)."""
+    out = {}
+    for name, rows in aggregate.size_bins(box_share).items():
+        table = aggregate.per_class(scored, design, np.ones(design.n_samples), rows=rows)
+        summary = aggregate.summarise(table, with_box_ap=False)
+        out[name] = {k: _value(summary[k]) for k in aggregate.AGGREGATES if k != "box_ap50"}
+        out[name]["n_rows"] = int(table["n_rows"].sum())
+    return out
 
 
 def _blocks(root: zarr.Group, info: StoreInfo, geometry: RowGeometry) -> Iterator:
@@ -174,8 +286,86 @@ def centre_heatmaps(rows: np.ndarray, size: int) -> np.ndarray:
     return np.broadcast_to(centre, (len(rows), size, size))
 
 
-def merge(path: str, json_path: str | None = None, progress: bool = True) -> MergeReport:
-    """Score every composite of a finished store; write results to its attributes."""
+def score_store(root, info, geometry, progress: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Stream the store one unit (= one shard per composite) at a time: per-row values."""
+    size = info.image_size
+    arrays = {c: root[f"heatmaps/{c}"] for c in info.composites}
+    per_row: dict[str, dict[str, list]] = {name: {} for name in [*arrays, *BASELINES]}
+    blocks = list(_blocks(root, info, geometry))
+    for unit, index in tqdm(
+        blocks, desc="merge", unit="shard", disable=not progress, file=sys.stderr, leave=False
+    ):
+        local = geometry.rows[index] - unit.row_start
+        maps = {c: a[unit.row_start : unit.row_stop][local] for c, a in arrays.items()}
+        maps["baseline:random"] = random_heatmaps(geometry.rows[index], size)
+        maps["baseline:centre"] = centre_heatmaps(geometry.rows[index], size)
+        for name, heatmaps in maps.items():
+            values = score_block(np.asarray(heatmaps, dtype=np.float32), geometry, index)
+            for key, v in values.items():
+                per_row[name].setdefault(key, []).append(v)
+    empty = {"box": np.zeros((0, 4))}
+    return {
+        name: {k: np.concatenate(v) for k, v in values.items()} if values else dict(empty)
+        for name, values in per_row.items()
+    }
+
+
+def write_row_arrays(root, info, geometry, per_row: dict) -> None:
+    """metrics/<composite>/<metric> (one value per store row, nan where not scored), rows/*.
+
+    Chunked like the heatmaps (one chunk per shard), so xarray lines them up.
+    """
+    n = root["rows/sample"].shape[0]
+    chunk = (max(1, min(info.shard_size, n)),)
+
+    def put(name: str, values: np.ndarray, fill) -> None:
+        full = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
+        full[geometry.rows] = values
+        array = root.create_array(
+            name,
+            shape=full.shape,
+            dtype=full.dtype,
+            chunks=chunk + full.shape[1:],
+            dimension_names=("row", *(["xyxy"] if full.ndim == 2 else [])),
+            fill_value=fill,
+            overwrite=True,
+        )
+        if n:
+            array[...] = full
+
+    for composite in info.composites:
+        values = per_row[composite]
+        source = {
+            "pointing_game": values["hit"],
+            "relevance_mass": values["mass"],
+            "relevance_mass_weighted": values["mass_weighted"],
+            "relevance_rank": values["rank"],
+            "pixel_ap": values["pixel_ap"],
+            "other_class_mass": values["other_mass"],
+        }
+        for name in ROW_ARRAYS:
+            put(f"metrics/{composite}/{name}", source[name].astype(np.float64), np.nan)
+        put(f"metrics/{composite}/heatmap_box", values["box"].astype(np.float32), np.nan)
+    first = per_row[info.composites[0]]
+    put("rows/scored", np.ones(len(geometry.rows), dtype=bool), False)
+    put("rows/hard", first["hard"].astype(bool), False)
+    put("rows/box_share", first["box_share"].astype(np.float64), np.nan)
+
+
+def merge(
+    path: str,
+    json_path: str | None = None,
+    progress: bool = True,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    figure: str | None = None,
+) -> MergeReport:
+    """Score every composite of a finished store; write results to its attributes.
+
+    Per-row values go to arrays first and the attributes last; the old attributes
+    are removed before anything is written, so an interrupted merge never leaves
+    results that its arrays do not back.
+    """
     root, info = open_store(path, mode="r+")
     done = done_flags(root)
     if not done.all():
@@ -183,82 +373,147 @@ def merge(path: str, json_path: str | None = None, progress: bool = True) -> Mer
             f"store {path} is not finished: {int(done.sum())} of {len(done)} units done; "
             "run `heatjob submit` again to finish it"
         )
+    for key in ("merged", "metrics", "baselines", "intervals", "per_class", "by_size"):
+        if key in root.attrs:
+            del root.attrs[key]
     notes: list[str] = []
-    if not info.has_boxes:
-        notes.append("box metrics skipped: the data set has no boxes")
+    report = MergeReport(path, {}, {}, notes)
+    geometry = row_geometry(root) if info.has_boxes else None
+    if geometry is None or len(geometry.rows) == 0:
+        notes.append(
+            "box metrics skipped: the data set has no boxes"
+            if geometry is None
+            else "nothing scored: no row's target class has a box in its sample"
+        )
         empty = {name: None for name in METRIC_NAMES} | {"n_rows": 0}
-        results = {c: dict(empty) for c in info.composites}
-        baselines = {b: dict(empty) for b in BASELINES}
+        report.metrics = {c: dict(empty) for c in info.composites}
+        report.baselines = {b: dict(empty) for b in BASELINES}
     else:
-        geometry = row_geometry(root)
         n_rows = root["rows/sample"].shape[0]
-        if len(geometry.rows) < n_rows:
+        report.excluded_failed = geometry.failed_rows
+        if geometry.failed_rows:
             notes.append(
-                f"{n_rows - len(geometry.rows)} of {n_rows} rows not scored: "
+                f"{geometry.failed_rows} rows of {geometry.failed_samples} failed samples "
+                "excluded from every metric (samples/failed)"
+            )
+        unboxed = n_rows - len(geometry.rows) - geometry.failed_rows
+        if unboxed > 0:
+            notes.append(
+                f"{unboxed} of {n_rows} rows not scored: "
                 "their target class has no box in the sample"
             )
-        size = info.image_size
-        arrays = {c: root[f"heatmaps/{c}"] for c in info.composites}
-        per_row: dict[str, dict[str, list]] = {name: {} for name in [*arrays, *BASELINES]}
-        blocks = list(_blocks(root, info, geometry))
-        for unit, index in tqdm(
-            blocks, desc="merge", unit="shard", disable=not progress, file=sys.stderr, leave=False
-        ):
-            local = geometry.rows[index] - unit.row_start
-            maps = {c: a[unit.row_start : unit.row_stop][local] for c, a in arrays.items()}
-            maps["baseline:random"] = random_heatmaps(geometry.rows[index], size)
-            maps["baseline:centre"] = centre_heatmaps(geometry.rows[index], size)
-            for name, heatmaps in maps.items():
-                values = score_block(np.asarray(heatmaps, dtype=np.float32), geometry, index)
-                for key, v in values.items():
-                    per_row[name].setdefault(key, []).append(v)
-        scored = {
-            name: aggregate({k: np.concatenate(v) for k, v in values.items()}, geometry)
-            for name, values in per_row.items()
+        per_row = score_store(root, info, geometry, progress)
+        design = design_of(geometry)
+        sources = {
+            name: scored_source(values, geometry, design) for name, values in per_row.items()
         }
-        results = {c: scored[c] for c in info.composites}
-        baselines = {b: scored[b] for b in BASELINES}
+        for composite in info.composites:
+            bad = int((~per_row[composite].get("finite", np.ones(0, bool))).sum())
+            if bad:
+                notes.append(f"{composite}: {bad} rows with NaN or Inf in the heatmap not scored")
+        scored = {name: aggregate_source(s, design) for name, s in sources.items()}
+        report.metrics = {c: scored[c] for c in info.composites}
+        report.baselines = {b: scored[b] for b in BASELINES}
+        classes = list(info.attrs.get("classes", []))
+        box_share = per_row[info.composites[0]]["box_share"]
+        report.per_class = {n: class_tables(s, design, classes) for n, s in sources.items()}
+        report.by_size = {n: size_tables(s, design, box_share) for n, s in sources.items()}
+        report.intervals = aggregate.bootstrap(sources, design, resamples, seed)
+        write_row_arrays(root, info, geometry, per_row)
 
-    root.attrs["metrics"] = results
-    root.attrs["baselines"] = baselines
+    root.attrs["metrics"] = report.metrics
+    root.attrs["baselines"] = report.baselines
+    root.attrs["intervals"] = report.intervals
+    root.attrs["per_class"] = report.per_class
+    root.attrs["by_size"] = report.by_size
     root.attrs["merged"] = {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "notes": notes,
+        "excluded_failed_rows": report.excluded_failed,
+        "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "unit": "sample"},
     }
     with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
         warnings.simplefilter("ignore", category=UserWarning)
         zarr.consolidate_metadata(root.store)  # the open store: a URL keeps its options
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
-    return MergeReport(path, results, baselines, notes)
+        Path(json_path).write_text(json.dumps(report.metrics, indent=2) + "\n")
+    if figure:
+        from heatjob.render import metrics_figure
+
+        metrics_figure(report, figure)
+    return report
+
+
+TABLE_COLUMNS = [
+    ("pointing_game", "PG"),
+    ("pointing_game_difficult", "PG-hard"),
+    ("relevance_mass", "mu"),
+    ("relevance_mass_weighted", "mu_w"),
+    ("relevance_rank", "rank"),
+    ("pixel_ap", "pixAP"),
+    ("box_ap50", "boxAP50"),
+    ("class_discriminativity", "discr"),
+    ("n_rows", "rows"),
+]
+
+
+def _cell(value: float | int | None, width: int = 9) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{value:>{width}d}" if isinstance(value, int) else f"{value:>{width}.3f}"
+
+
+def _grid(title: str, groups: list[dict[str, dict]], columns, cell=_cell) -> list[str]:
+    names = [n for group in groups for n in group]
+    width = max(len(n) for n in [*names, title])
+    head = title.ljust(width) + "".join(f"{label:>9}" for _, label in columns)
+    lines = [head, "-" * len(head)]
+    for i, group in enumerate(groups):
+        for name, values in group.items():
+            lines.append(name.ljust(width) + "".join(cell(values.get(k)) for k, _ in columns))
+        if i < len(groups) - 1:
+            lines.append("-" * len(head))
+    return lines
 
 
 def format_table(report: MergeReport) -> str:
-    """The metrics as an aligned text table, baselines under the composites."""
-    columns = [
-        ("pointing_game", "PG"),
-        ("pointing_game_difficult", "PG-hard"),
-        ("relevance_mass", "mu"),
-        ("relevance_mass_weighted", "mu_w"),
-        ("relevance_rank", "rank"),
-        ("pixel_ap", "pixAP"),
-        ("box_ap50", "boxAP50"),
-        ("n_rows", "rows"),
-    ]
-    names = [*report.metrics, *report.baselines]
-    width = max(len(n) for n in [*names, "composite"])
-    lines = ["composite".ljust(width) + "".join(f"{label:>9}" for _, label in columns)]
-    lines.append("-" * len(lines[0]))
+    """The metrics as an aligned text table, baselines under the composites, then the
+    95 % bootstrap intervals and the notes (rows left out and why)."""
+    lines = _grid("composite", [report.metrics, report.baselines], TABLE_COLUMNS)
+    if report.intervals:
 
-    def cell(value: float | int | None) -> str:
-        if value is None:
-            return f"{'-':>9}"
-        return f"{value:>9d}" if isinstance(value, int) else f"{value:>9.3f}"
+        def interval(value) -> str:
+            return f"{'-':>16}" if value is None else f"{f'[{value[0]:.3f},{value[1]:.3f}]':>16}"
 
-    for group in (report.metrics, report.baselines):
-        for name, values in group.items():
-            lines.append(name.ljust(width) + "".join(cell(values.get(k)) for k, _ in columns))
-        if group is report.metrics:
-            lines.append("-" * len(lines[0]))
+        columns = [c for c in TABLE_COLUMNS if c[0] != "n_rows"]
+        lines += ["", "95% intervals (bootstrap over images)"]
+        names = [*report.metrics, *report.baselines]
+        width = max(len(n) for n in [*names, "composite"])
+        lines.append("composite".ljust(width) + "".join(f"{lab:>16}" for _, lab in columns))
+        for name in names:
+            values = report.intervals.get(name, {})
+            lines.append(name.ljust(width) + "".join(interval(values.get(k)) for k, _ in columns))
+    lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def format_class_table(report: MergeReport) -> str:
+    """Per composite, one line per class."""
+    out = []
+    for name, table in {**report.per_class}.items():
+        if name in report.baselines:
+            continue
+        out += [*_grid(name, [table], TABLE_COLUMNS), ""]
+    return "\n".join(out).rstrip()
+
+
+def format_size_table(report: MergeReport) -> str:
+    """Per composite and baseline, one line per box-size bin (share of the image covered)."""
+    columns = [c for c in TABLE_COLUMNS if c[0] != "box_ap50"]
+    rows = {
+        f"{name} {size}": values
+        for name, bins in report.by_size.items()
+        for size, values in bins.items()
+    }
+    return "\n".join(_grid("composite, target size", [rows], columns))

@@ -24,6 +24,7 @@ import zarr
 from moto.server import ThreadedMotoServer
 from ray_cluster import free_port
 
+import heatjob
 from heatjob.errors import HeatjobError
 from heatjob.merge import merge
 from heatjob.models import SmallCNN
@@ -168,6 +169,14 @@ def test_merge_and_status_through_s3_with_credentials_from_the_environment(s3, j
     )
     root, _ = open_store(url, storage_options=options(s3))
     assert root.attrs["metrics"] == json.loads(json.dumps(expected.metrics))
+
+    # the analysis view reads the same per-row metrics through the URL
+    remote_ds = heatjob.open_store(url, storage_options=options(s3))
+    local_ds = heatjob.open_store(jobs["local"].store.path)
+    np.testing.assert_array_equal(
+        remote_ds["relevance_mass"].values, local_ds["relevance_mass"].values
+    )
+    np.testing.assert_array_equal(remote_ds["heatmap"].values, local_ds["heatmap"].values)
 
     status = subprocess.run(
         [*HEATJOB, "status", url, "--json"], env=env, capture_output=True, text=True, timeout=300
