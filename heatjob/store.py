@@ -13,7 +13,8 @@ Who writes what, so that no two processes ever write into one chunk or shard:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +93,12 @@ def create_store(
     composites: Sequence[str],
     image_size: int,
     dtype: str,
+    sample_failures: Mapping[int, str] | None = None,
 ) -> zarr.Group:
-    """Create (overwriting) the whole layout and write what the plan knows."""
+    """Create (overwriting) the whole layout and write what the plan knows.
+
+    `sample_failures`: samples whose annotations could not be read (index -> reason).
+    """
     root = zarr.open_group(path, mode="w", zarr_format=3)
     n_samples, n_classes = sample_labels.shape
 
@@ -142,6 +147,15 @@ def create_store(
             fill_value=np.nan,
         )
     small("units/done", np.zeros(len(plan.units), dtype=bool), ("unit",), fill=False)
+    # Beside each done flag: how many dispatches the unit took, and the checksum of its shards.
+    small("units/attempts", np.zeros(len(plan.units), dtype=np.int32), ("unit",), fill=0)
+    small("units/checksum", np.zeros(len(plan.units), dtype=np.uint64), ("unit",), fill=0)
+    failed = np.zeros(n_samples, dtype=bool)
+    reasons = np.full(n_samples, "", dtype=object)
+    for sample, reason in (sample_failures or {}).items():
+        failed[sample], reasons[sample] = True, reason
+    small("samples/failed", failed, ("sample",), fill=False)
+    small("samples/failure", reasons, ("sample",), dtype=str, fill="")
     # Written last: a store whose attributes are missing was interrupted while being created.
     root.attrs["heatjob"] = attrs
     return root
@@ -173,12 +187,54 @@ def done_flags(root: zarr.Group) -> np.ndarray:
     return root["units/done"][:]
 
 
-def write_unit_heatmaps(path: str, unit: Unit, heatmaps: dict[str, np.ndarray]) -> None:
-    """A worker's write: the unit's whole shard of every composite, one call each."""
+def write_unit_heatmaps(path: str, unit: Unit, heatmaps: dict[str, np.ndarray]) -> int:
+    """A worker's write: the unit's whole shard of every composite, one call each.
+
+    Returns the checksum of what was written (see `unit_checksum`).
+    """
     root = zarr.open_group(path, mode="r+", zarr_format=3)
+    written = {}
     for composite, values in heatmaps.items():
         array = root[f"heatmaps/{composite}"]
-        array[unit.row_start : unit.row_stop] = values.astype(array.dtype, copy=False)
+        written[composite] = values.astype(array.dtype, copy=False)
+        array[unit.row_start : unit.row_stop] = written[composite]
+    return unit_checksum(written)
+
+
+def unit_checksum(heatmaps: Mapping[str, np.ndarray]) -> int:
+    """A 64-bit digest of a unit's heatmaps, composites in name order, in the stored dtype.
+
+    NaNs are hashed as one canonical NaN: a row of NaN (a failed sample) may come back from
+    the store as the fill value's bit pattern rather than the one written.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for composite in sorted(heatmaps):
+        values = np.ascontiguousarray(heatmaps[composite])
+        values = np.where(np.isnan(values), np.array(np.nan, dtype=values.dtype), values)
+        digest.update(composite.encode())
+        digest.update(str(values.shape).encode())
+        digest.update(values.tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def verify_units(root: zarr.Group, info: StoreInfo) -> list[tuple[int, str]]:
+    """Recompute every done unit's checksum; (unit, problem) for each that does not match."""
+    checksums = root["units/checksum"][:]
+    done = done_flags(root)
+    problems = []
+    for unit in store_units(root, info):
+        if not done[unit.index]:
+            continue
+        try:
+            maps = {
+                c: root[f"heatmaps/{c}"][unit.row_start : unit.row_stop] for c in info.composites
+            }
+        except Exception as exc:  # a corrupt shard may not even decode
+            problems.append((unit.index, f"unreadable: {' '.join(str(exc).split())}"))
+            continue
+        if unit_checksum(maps) != int(checksums[unit.index]):
+            problems.append((unit.index, "checksum mismatch"))
+    return problems
 
 
 def finish_unit(
@@ -187,10 +243,21 @@ def finish_unit(
     logits_samples: range,
     logits: np.ndarray,
     row_targets: np.ndarray | None,
+    checksum: int = 0,
+    attempts: int = 1,
+    failures: Mapping[int, str] | None = None,
 ) -> None:
-    """The driver's write after a worker reported a unit; the done flag goes last."""
+    """The driver's write after a worker reported a unit; the done flag goes last.
+
+    `failures`: samples of the unit whose image could not be read (index -> reason).
+    """
     if len(logits_samples):
         root["samples/logits"][logits_samples.start : logits_samples.stop] = logits
     if row_targets is not None:
         root["rows/target"][unit.row_start : unit.row_stop] = row_targets
+    for sample, reason in sorted((failures or {}).items()):
+        root["samples/failed"][sample] = True
+        root["samples/failure"][sample] = reason
+    root["units/checksum"][unit.index] = np.uint64(checksum)
+    root["units/attempts"][unit.index] = attempts
     root["units/done"][unit.index] = True

@@ -17,7 +17,7 @@ import zarr
 from tqdm import tqdm
 
 from heatjob.data.base import read_records, scale_boxes
-from heatjob.errors import HeatjobError, SpecError
+from heatjob.errors import DataError, HeatjobError, SpecError
 from heatjob.lrp import composite_names, ensure_supported
 from heatjob.models import build_model, file_sha256
 from heatjob.plan import Plan, make_plan
@@ -54,6 +54,7 @@ class PreparedJob:
     arrays: dict[str, np.ndarray]
     sample_ids: list[str]
     checkpoint_sha256: str
+    failures: dict[int, str]  # samples whose annotation could not be read: index -> reason
 
 
 def apply_options(
@@ -98,7 +99,8 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     ensure_supported(model)
     del model
 
-    records = read_records(dataset, progress=progress)
+    failures: dict[int, str] = {}
+    records = read_records(dataset, progress=progress, failures=failures)
     if not records:
         raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
     size = spec.dataset.image_size
@@ -111,8 +113,18 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
         box_class.append(record.box_classes)
         box_difficult.append(record.box_difficult)
     plan = make_plan(
-        [r.labels for r in records], spec.attribution.targets, num_classes, spec.run.shard_size
+        [r.labels for r in records],
+        spec.attribution.targets,
+        num_classes,
+        spec.run.shard_size,
+        skip=[i in failures for i in range(len(records))],
     )
+    if plan.n_rows == 0 and failures:
+        first = min(failures)
+        raise DataError(
+            f"{src}: no heatmap rows: {len(failures)} of {len(records)} samples failed, "
+            f"first: {failures[first]}"
+        )
     if plan.n_rows == 0:
         raise SpecError(f"{src}: no heatmap rows: no sample has a target class")
     arrays = {
@@ -133,6 +145,7 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
         arrays,
         [r.id for r in records],
         sha,
+        failures,
     )
 
 
@@ -160,6 +173,7 @@ def _create(job: PreparedJob) -> zarr.Group:
         spec.attribution.composites,
         spec.dataset.image_size,
         spec.store.dtype,
+        sample_failures=job.failures,
     )
 
 
@@ -246,8 +260,17 @@ def submit(
             smoothing=0.1,
         )
 
-        def on_result(result: UnitResult) -> None:
-            finish_unit(root, result.unit, result.owned, result.logits, result.row_targets)
+        def on_result(result: UnitResult, attempts: int) -> None:
+            finish_unit(
+                root,
+                result.unit,
+                result.owned,
+                result.logits,
+                result.row_targets,
+                checksum=result.checksum,
+                attempts=attempts,
+                failures=result.failures,
+            )
             bar.update(result.unit.n_rows)
 
         with bar:

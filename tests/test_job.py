@@ -310,7 +310,7 @@ def test_a_worker_that_cannot_set_up_fails_with_the_one_line_cause(voc_job, ray_
             rows_target,
             units,
             WorkerPlan(1, 1.0, 0.0, 1),
-            on_result=lambda result: None,
+            on_result=lambda result, attempts: None,
         )
 
 
