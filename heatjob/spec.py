@@ -8,6 +8,7 @@ Relative paths in a spec are relative to the working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -211,6 +212,8 @@ def _check_values(spec: JobSpec) -> None:
     for key, values in (("mean", model.mean), ("std", model.std)):
         if len(values) != 3:
             fail(f"[model] {key}", f"must have 3 values (R, G, B), got {len(values)}")
+        if not all(math.isfinite(v) for v in values):
+            fail(f"[model] {key}", f"must be finite numbers, got {list(values)}")
     if any(v <= 0 for v in model.std):
         fail("[model] std", f"must be positive, got {list(model.std)}")
     if not attr.composites:
