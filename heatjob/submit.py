@@ -236,7 +236,10 @@ def submit(
     resuming = path.exists() and any(path.iterdir())
     units = job.plan.units
     if resuming:
-        root, info = open_store(str(path), mode="r+")
+        try:
+            root, info = open_store(str(path), mode="r+")
+        except HeatjobError as exc:
+            raise HeatjobError(f"{path} is not a heatjob store; not touching it ({exc})") from None
         _check_resumable(job, root, info)
         done = done_flags(root)
         pending = [u for u in units if not done[u.index]]

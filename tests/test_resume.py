@@ -212,9 +212,9 @@ def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path
 def test_a_worker_killed_mid_unit_is_replaced_and_status_shows_the_retry(reference, tmp_path):
     spec = write_spec(tmp_path, "lost")
     store = tmp_path / "lost.zarr"
-    process = start("submit", str(spec), "--workers", "2", "-q", env={
-        "HEATJOB_TEST_HOLD": f"2:{tmp_path}"
-    })
+    process = start(
+        "submit", str(spec), "--workers", "2", "-q", env={"HEATJOB_TEST_HOLD": f"2:{tmp_path}"}
+    )
     pid_file = tmp_path / "unit-2.pid"
     try:
         wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="unit 2's worker")
