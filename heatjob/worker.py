@@ -66,6 +66,11 @@ class UnitWorker:
         self.spec: JobSpec = parse_spec(spec_dict, source="spec")
         self.store_path = store_path
         self.device = pick_device(self.spec.run.device)
+        if self.device.type == "cuda":
+            # cuDNN's autotuner may pick another convolution algorithm per run; fixed,
+            # deterministic algorithms make reruns and retried units reproducible.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         self.dataset = open_job_dataset(self.spec)
         m = self.spec.model
         self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
