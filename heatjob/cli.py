@@ -123,17 +123,24 @@ def status(
     """How far a job has come: units and rows done per composite, retries, failed samples."""
     import numpy as np
 
-    from heatjob.store import done_flags, open_store, store_units, verify_units
+    from heatjob.store import (
+        done_flags,
+        failure_records,
+        open_store,
+        store_units,
+        verify_units,
+    )
 
     root, info = open_store(store)
     units = store_units(root, info)
     done = done_flags(root)
     rows_done = sum(u.n_rows for u in units if done[u.index])
     rows_total = sum(u.n_rows for u in units)
-    attempts = root["units/attempts"][:]
-    failed = np.flatnonzero(root["samples/failed"][:])
+    records = failure_records(root, len(units), root["samples/id"].shape[0])
+    attempts = records["units/attempts"]
+    failed = np.flatnonzero(records["samples/failed"])
     ids = root["samples/id"][:] if len(failed) else []
-    reasons = root["samples/failure"][:] if len(failed) else []
+    reasons = records["samples/failure"]
     report = {
         "store": store,
         "units_done": int(done.sum()),
@@ -150,7 +157,8 @@ def status(
     problems = verify_units(root, info) if verify else []
     if verify:
         report["verify"] = {
-            "units_checked": int(done.sum()),
+            "units_checked": int((done & (attempts > 0)).sum()),
+            "units_without_checksum": int((done & (attempts == 0)).sum()),
             "mismatches": [{"unit": u, "problem": p} for u, p in problems],
         }
     if as_json:
@@ -184,7 +192,9 @@ def _print_status(report: dict, composites: list[str]) -> None:
         typer.echo(f"    ... {len(failures) - _SHOWN_FAILURES} more (status --json lists all)")
     if "verify" in report:
         checked, mismatches = report["verify"]["units_checked"], report["verify"]["mismatches"]
-        typer.echo(f"  verify: {checked - len(mismatches)}/{checked} done units check out")
+        unrecorded = report["verify"]["units_without_checksum"]
+        note = f" ({unrecorded} without a checksum: older heatjob)" if unrecorded else ""
+        typer.echo(f"  verify: {checked - len(mismatches)}/{checked} done units check out{note}")
         for mismatch in mismatches:
             typer.echo(f"    unit {mismatch['unit']}: {mismatch['problem']}")
     typer.echo(f"  merged: {'yes' if report['merged'] else 'no'}")

@@ -147,18 +147,55 @@ def create_store(
             fill_value=np.nan,
         )
     small("units/done", np.zeros(len(plan.units), dtype=bool), ("unit",), fill=False)
-    # Beside each done flag: how many dispatches the unit took, and the checksum of its shards.
-    small("units/attempts", np.zeros(len(plan.units), dtype=np.int32), ("unit",), fill=0)
-    small("units/checksum", np.zeros(len(plan.units), dtype=np.uint64), ("unit",), fill=0)
+    add_failure_records(root, len(plan.units), n_samples, sample_failures)
+    # Written last: a store whose attributes are missing was interrupted while being created.
+    root.attrs["heatjob"] = attrs
+    return root
+
+
+def add_failure_records(
+    root: zarr.Group,
+    n_units: int,
+    n_samples: int,
+    sample_failures: Mapping[int, str] | None = None,
+) -> None:
+    """The arrays beside the done flags, where missing (a store from before they existed
+    gets them on resume): per unit the dispatches it took and the checksum of its shards
+    (attempts 0 = no record), per sample whether it failed and why."""
+
+    def add(name: str, data: np.ndarray, dims: tuple[str, ...], fill: Any, dtype: Any) -> None:
+        if name in root:
+            return
+        array = root.create_array(
+            name,
+            shape=data.shape,
+            dtype=dtype,
+            chunks=(max(1, min(_BLOCK, data.shape[0])),),
+            dimension_names=dims,
+            fill_value=fill,
+        )
+        if data.size and data.any():
+            array[...] = data
+
     failed = np.zeros(n_samples, dtype=bool)
     reasons = np.full(n_samples, "", dtype=object)
     for sample, reason in (sample_failures or {}).items():
         failed[sample], reasons[sample] = True, reason
-    small("samples/failed", failed, ("sample",), fill=False)
-    small("samples/failure", reasons, ("sample",), dtype=str, fill="")
-    # Written last: a store whose attributes are missing was interrupted while being created.
-    root.attrs["heatjob"] = attrs
-    return root
+    add("units/attempts", np.zeros(n_units, dtype=np.int32), ("unit",), 0, "int32")
+    add("units/checksum", np.zeros(n_units, dtype=np.uint64), ("unit",), 0, "uint64")
+    add("samples/failed", failed, ("sample",), False, "bool")
+    add("samples/failure", reasons, ("sample",), "", str)
+
+
+def failure_records(root: zarr.Group, n_units: int, n_samples: int) -> dict[str, np.ndarray]:
+    """attempts, checksum, failed, failure: read, or empty ones for an older store."""
+    empty = {
+        "units/attempts": np.zeros(n_units, dtype=np.int32),
+        "units/checksum": np.zeros(n_units, dtype=np.uint64),
+        "samples/failed": np.zeros(n_samples, dtype=bool),
+        "samples/failure": np.full(n_samples, "", dtype=object),
+    }
+    return {name: root[name][:] if name in root else value for name, value in empty.items()}
 
 
 def open_store(path: str, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
@@ -218,17 +255,19 @@ def unit_checksum(heatmaps: Mapping[str, np.ndarray]) -> int:
 
 
 def verify_units(root: zarr.Group, info: StoreInfo) -> list[tuple[int, str]]:
-    """Recompute every done unit's checksum; (unit, problem) for each that does not match."""
-    checksums = root["units/checksum"][:]
+    """Recompute the checksum of every done unit that has one (attempts > 0; a store from
+    before checksums has none); (unit, problem) for each that does not match."""
+    units = store_units(root, info)
+    records = failure_records(root, len(units), root["samples/id"].shape[0])
+    checksums, attempts = records["units/checksum"], records["units/attempts"]
     done = done_flags(root)
+    arrays = {c: root[f"heatmaps/{c}"] for c in info.composites}
     problems = []
-    for unit in store_units(root, info):
-        if not done[unit.index]:
+    for unit in units:
+        if not done[unit.index] or not attempts[unit.index]:
             continue
         try:
-            maps = {
-                c: root[f"heatmaps/{c}"][unit.row_start : unit.row_stop] for c in info.composites
-            }
+            maps = {c: a[unit.row_start : unit.row_stop] for c, a in arrays.items()}
         except Exception as exc:  # a corrupt shard may not even decode
             problems.append((unit.index, f"unreadable: {' '.join(str(exc).split())}"))
             continue

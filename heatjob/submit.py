@@ -25,6 +25,7 @@ from heatjob.runner import connect, plan_workers, run_units
 from heatjob.spec import JobSpec, parse_spec, with_overrides
 from heatjob.store import (
     StoreInfo,
+    add_failure_records,
     create_store,
     done_flags,
     finish_unit,
@@ -241,6 +242,7 @@ def submit(
         except HeatjobError as exc:
             raise HeatjobError(f"{path} is not a heatjob store; not touching it ({exc})") from None
         _check_resumable(job, root, info)
+        add_failure_records(root, len(units), len(job.sample_ids), job.failures)
         done = done_flags(root)
         pending = [u for u in units if not done[u.index]]
         if not pending:

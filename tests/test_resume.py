@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from typer.testing import CliRunner
+
+from heatjob.cli import app
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +59,15 @@ shard_size = 3
 """
     )
     return spec
+
+
+def status(*args: str):
+    """`heatjob status` in this process (it starts no Ray; a subprocess would only add the
+    seconds of importing torch)."""
+    return CliRunner().invoke(app, ["status", *args])
+
+
+RECORDS = ("units/attempts", "units/checksum", "samples/failed", "samples/failure")
 
 
 def heatjob(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -147,7 +160,7 @@ def reference(tmp_path_factory) -> dict:
     arrays = read(folder / "ref.zarr")
     assert arrays["units/done"].shape[0] >= 20
     assert (arrays["units/attempts"] == 1).all()
-    return arrays
+    return {**arrays, "path": folder / "ref.zarr"}
 
 
 def test_same_spec_same_heatmaps_across_runs_and_worker_counts_and_verify_catches_corruption(
@@ -163,9 +176,9 @@ def test_same_spec_same_heatmaps_across_runs_and_worker_counts_and_verify_catche
     store = tmp_path / "many.zarr"
     assert_same_store(read(store), reference)
 
-    verify = heatjob("status", str(store), "--verify", "--json")
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    report = json.loads(verify.stdout)
+    verify = status(str(store), "--verify", "--json")
+    assert verify.exit_code == 0, verify.output
+    report = json.loads(verify.output)
     assert report["verify"]["units_checked"] == len(reference["units/done"])
     assert report["verify"]["mismatches"] == []
 
@@ -179,16 +192,18 @@ def test_same_spec_same_heatmaps_across_runs_and_worker_counts_and_verify_catche
     row = root[f"heatmaps/{COMPOSITES[1]}"][7 * 3]
     root[f"heatmaps/{COMPOSITES[1]}"][7 * 3] = row + 1e-3
 
-    verify = heatjob("status", str(store), "--verify")
-    assert verify.returncode == 1, verify.stdout + verify.stderr
-    assert "Traceback" not in verify.stderr
-    assert f"verify: {len(reference['units/done']) - 2}/" in verify.stdout
-    assert "unit 4:" in verify.stdout and "unit 7: checksum mismatch" in verify.stdout
+    verify = status(str(store), "--verify")
+    assert verify.exit_code == 1, verify.output
+    assert f"verify: {len(reference['units/done']) - 2}/" in verify.output
+    assert "unit 4:" in verify.output and "unit 7: checksum mismatch" in verify.output
 
 
 def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path):
     """SIGKILL the driver while one unit is held mid-way by its worker and others are done;
-    the rerun does only the units without a done flag, and the store equals the reference."""
+    the rerun does only the units without a done flag, and the store equals the reference.
+
+    The rerun is also an upgrade: the killed store is made to look like one from a heatjob
+    before attempts, checksums and failures were recorded, and the rerun must add them."""
     spec = write_spec(tmp_path, "killed")
     store = tmp_path / "killed.zarr"
     hold = {"HEATJOB_TEST_HOLD": f"6:{tmp_path}"}
@@ -201,12 +216,21 @@ def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path
     done_before = zarr.open_group(store, mode="r")["units/done"][:]
     n_units = len(done_before)
     assert 4 <= done_before.sum() < n_units and not done_before[6]
+    for name in RECORDS:
+        shutil.rmtree(store / name)
 
     result = heatjob("submit", str(spec), "--workers", "2", "-q")
     assert result.returncode == 0, result.stderr
     missing = n_units - int(done_before.sum())
     assert f": {missing} of {n_units} units written" in result.stdout
-    assert_same_store(read(store), reference)
+    got = read(store)
+    assert_same_store(got, reference)
+    np.testing.assert_array_equal(got["units/attempts"], np.where(done_before, 0, 1))
+    verify = status(str(store), "--verify")
+    assert verify.exit_code == 0, verify.output
+    assert f"verify: {missing}/{missing} done units check out ({n_units - missing} without" in (
+        verify.output
+    )
 
 
 def test_a_worker_killed_mid_unit_is_replaced_and_status_shows_the_retry(reference, tmp_path):
@@ -230,8 +254,18 @@ def test_a_worker_killed_mid_unit_is_replaced_and_status_shows_the_retry(referen
     expected_attempts[2] = 2
     np.testing.assert_array_equal(arrays["units/attempts"], expected_attempts)
 
-    status = heatjob("status", str(store))
-    assert status.returncode == 0
-    assert "retries: 1 (units 2)" in status.stdout
-    report = json.loads(heatjob("status", str(store), "--json").stdout)
-    assert report["retried_units"] == {"2": 2}
+    text = status(str(store))
+    assert text.exit_code == 0 and "retries: 1 (units 2)" in text.output
+    assert json.loads(status(str(store), "--json").output)["retried_units"] == {"2": 2}
+
+
+def test_a_store_from_before_attempts_and_checksums_still_reads(reference, tmp_path):
+    store = tmp_path / "old.zarr"
+    shutil.copytree(reference["path"], store)
+    for name in RECORDS:
+        shutil.rmtree(store / name)
+    n_units = len(reference["units/done"])
+    result = status(str(store), "--verify")
+    assert result.exit_code == 0, result.output
+    assert f"verify: 0/0 done units check out ({n_units} without a checksum" in result.output
+    assert "retries: 0" in result.output and "failures: 0 samples" in result.output
