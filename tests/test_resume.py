@@ -269,3 +269,29 @@ def test_a_store_from_before_attempts_and_checksums_still_reads(reference, tmp_p
     assert result.exit_code == 0, result.output
     assert f"verify: 0/0 done units check out ({n_units} without a checksum" in result.output
     assert "retries: 0" in result.output and "failures: 0 samples" in result.output
+
+
+def test_a_unit_whose_worker_dies_every_time_stops_the_job_with_one_line(tmp_path):
+    """Killed at each of its 3 dispatches, unit 0 ends the job: one line naming it, exit 2,
+    and a store that does not claim to be complete."""
+    spec = write_spec(tmp_path, "doomed")
+    pid_file = tmp_path / "unit-0.pid"
+    process = start(
+        "submit", str(spec), "--workers", "1", "-q", env={"HEATJOB_TEST_HOLD": f"0:{tmp_path}"}
+    )
+    try:
+        for _ in range(3):
+            wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="unit 0's worker")
+            pid = int(pid_file.read_text())
+            pid_file.unlink()  # so that the next dispatch holds too
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=300)
+    except BaseException:
+        kill_everything(process)
+        raise
+    assert process.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "unit 0 (rows 0-2) failed 3 times" in lines[0], stderr
+    done = zarr.open_group(tmp_path / "doomed.zarr", mode="r")["units/done"][:]
+    assert not done[0]
+    assert "incomplete" in status(str(tmp_path / "doomed.zarr")).output
