@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable)
+_SHOWN_FAILURES = 10  # failed samples that `status` lists; --json lists all
 
 
 def user_errors(command: F) -> F:
@@ -198,9 +199,6 @@ def _print_status(report: dict, composites: list[str]) -> None:
         for mismatch in mismatches:
             typer.echo(f"    unit {mismatch['unit']}: {mismatch['problem']}")
     typer.echo(f"  merged: {'yes' if report['merged'] else 'no'}")
-
-
-_SHOWN_FAILURES = 10
 
 
 @app.command()
