@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable)
+_SHOWN_FAILURES = 10  # failed samples that `status` lists; --json lists all
 
 
 def user_errors(command: F) -> F:
@@ -152,15 +153,34 @@ def merge(
 def status(
     store: Annotated[str, typer.Argument(help="A heatjob store.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Recompute every done unit's checksum; exit 1 on a mismatch."
+        ),
+    ] = False,
 ) -> None:
-    """How far a job has come: units and rows done per composite."""
-    from heatjob.store import done_flags, open_store, store_units
+    """How far a job has come: units and rows done per composite, retries, failed samples."""
+    import numpy as np
+
+    from heatjob.store import (
+        done_flags,
+        failure_records,
+        open_store,
+        store_units,
+        verify_units,
+    )
 
     root, info = open_store(store)
     units = store_units(root, info)
     done = done_flags(root)
     rows_done = sum(u.n_rows for u in units if done[u.index])
     rows_total = sum(u.n_rows for u in units)
+    records = failure_records(root, len(units), root["samples/id"].shape[0])
+    attempts = records["units/attempts"]
+    failed = np.flatnonzero(records["samples/failed"])
+    ids = root["samples/id"][:] if len(failed) else []
+    reasons = records["samples/failure"]
     report = {
         "store": store,
         "units_done": int(done.sum()),
@@ -169,6 +189,10 @@ def status(
         "rows_total": rows_total,
         "composites": {c: {"units_done": int(done.sum())} for c in info.composites},
         "merged": "metrics" in root.attrs,
+        "retried_units": {int(u): int(attempts[u]) for u in np.flatnonzero(attempts > 1)},
+        "failures": [
+            {"sample": int(s), "id": str(ids[s]), "reason": str(reasons[s])} for s in failed
+        ],
     }
     if "units/node" in root:  # which workers wrote the finished units (not in 0.1.0 stores)
         nodes, pids = root["units/node"][:].tolist(), root["units/pid"][:].tolist()
@@ -178,23 +202,55 @@ def status(
             "nodes": len({node for node, _ in writers}),
             "processes": len(writers),
         }
+    problems = verify_units(root, info) if verify else []
+    if verify:
+        report["verify"] = {
+            "units_checked": int((done & (attempts > 0)).sum()),
+            "units_without_checksum": int((done & (attempts == 0)).sum()),
+            "mismatches": [{"unit": u, "problem": p} for u, p in problems],
+        }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-        return
-    state = "complete" if done.all() else "incomplete"
+    else:
+        _print_status(report, info.composites)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _print_status(report: dict, composites: list[str]) -> None:
+    units, done = report["units_total"], report["units_done"]
+    state = "complete" if done == units else "incomplete"
     typer.echo(
-        f"{store}: {state}, {report['units_done']}/{len(units)} units, "
-        f"{rows_done}/{rows_total} rows"
+        f"{report['store']}: {state}, {done}/{units} units, "
+        f"{report['rows_done']}/{report['rows_total']} rows"
     )
-    width = max(len(c) for c in info.composites)
-    for composite in info.composites:
-        typer.echo(f"  {composite.ljust(width)}  {int(done.sum())}/{len(units)} units")
+    width = max(len(c) for c in composites)
+    for composite in composites:
+        typer.echo(f"  {composite.ljust(width)}  {done}/{units} units")
     if "writers" in report:
         procs, nodes = report["writers"]["processes"], report["writers"]["nodes"]
         typer.echo(
             f"  written by: {procs} worker process{'es' * (procs != 1)} "
             f"on {nodes} node{'s' * (nodes != 1)}"
         )
+    retried = report["retried_units"]
+    extra = sum(retried.values()) - len(retried)
+    typer.echo(
+        f"  retries: {extra} (units {', '.join(map(str, retried))})" if retried else "  retries: 0"
+    )
+    failures = report["failures"]
+    typer.echo(f"  failures: {len(failures)} sample{'s' if len(failures) != 1 else ''}")
+    for failure in failures[:_SHOWN_FAILURES]:
+        typer.echo(f"    {failure['id']}: {failure['reason']}")
+    if len(failures) > _SHOWN_FAILURES:
+        typer.echo(f"    ... {len(failures) - _SHOWN_FAILURES} more (status --json lists all)")
+    if "verify" in report:
+        checked, mismatches = report["verify"]["units_checked"], report["verify"]["mismatches"]
+        unrecorded = report["verify"]["units_without_checksum"]
+        note = f" ({unrecorded} without a checksum: older heatjob)" if unrecorded else ""
+        typer.echo(f"  verify: {checked - len(mismatches)}/{checked} done units check out{note}")
+        for mismatch in mismatches:
+            typer.echo(f"    unit {mismatch['unit']}: {mismatch['problem']}")
     typer.echo(f"  merged: {'yes' if report['merged'] else 'no'}")
 
 

@@ -144,13 +144,13 @@ def calibrate(job: PreparedJob, workers: WorkerPlan) -> Calibration:
         samples = sorted(set(rows_sample.tolist()))
         # a one-row pass per composite first: one-time costs (modified weights, kernels)
         # are paid once per worker, not per row
-        warm = worker._load(samples[:1]).to(worker.device)
+        warm = worker._load(samples[:1])[0].to(worker.device)
         for explainer in worker.explainers.values():
             explainer.explain(warm, torch.zeros(1, dtype=torch.long))
         setup_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        batch = worker._load(samples)
+        batch, _ = worker._load(samples)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         with torch.no_grad():

@@ -101,10 +101,14 @@ def build_model(
                 f"have {out_features} outputs"
             )
         return model.eval()
-    if arch in OWN_ARCHITECTURES:
-        model = OWN_ARCHITECTURES[arch](num_classes=num_classes)
-    else:
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    # Without weights or a checkpoint the weights are random: seeded, so that every worker
+    # (and every run) explains the same model, as resume and determinism need.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if arch in OWN_ARCHITECTURES:
+            model = OWN_ARCHITECTURES[arch](num_classes=num_classes)
+        else:
+            model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if checkpoint:
         load_checkpoint(model, checkpoint, arch, source)
     return model.eval()
@@ -118,8 +122,10 @@ def load_checkpoint(model: nn.Module, checkpoint: str, arch: str, source: str = 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
         raise SpecError(
-            f"{source}: [model] checkpoint {checkpoint} is not a torch file: {exc}"
+            f"{source}: [model] checkpoint {checkpoint} is not a torch state_dict file: "
+            f"{type(exc).__name__}: {first_line[:200]}"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

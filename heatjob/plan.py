@@ -42,12 +42,16 @@ class Plan:
 
 
 def plan_rows(
-    labels: Sequence[Sequence[int]], targets: str, num_classes: int
+    labels: Sequence[Sequence[int]],
+    targets: str,
+    num_classes: int,
+    skip: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows for each sample, ordered by sample then (for labels) class.
 
     labels: the distinct classes present in each sample.
     targets: "labels", "all" or "predicted:K".
+    skip: samples that get no rows (their annotation could not be read).
     """
     if targets == "labels":
         per_sample = [sorted(set(map(int, sample_labels))) for sample_labels in labels]
@@ -58,6 +62,8 @@ def plan_rows(
         per_sample = [[PENDING_TARGET] * min(k, num_classes)] * len(labels)
     else:
         raise ValueError(f"unknown targets mode {targets!r}")
+    if skip is not None:
+        per_sample = [[] if skipped else t for t, skipped in zip(per_sample, skip, strict=True)]
     counts = np.array([len(t) for t in per_sample], dtype=np.int64)
     rows_sample = np.repeat(np.arange(len(labels), dtype=np.int64), counts)
     rows_target = np.array([t for ts in per_sample for t in ts], dtype=np.int32)
@@ -80,10 +86,15 @@ def effective_shard_size(shard_size: int, targets: str, num_classes: int) -> int
 
 
 def make_plan(
-    labels: Sequence[Sequence[int]], targets: str, num_classes: int, shard_size: int
+    labels: Sequence[Sequence[int]],
+    targets: str,
+    num_classes: int,
+    shard_size: int,
+    skip: Sequence[bool] | None = None,
 ) -> Plan:
-    """Rows and units for a job."""
-    rows_sample, rows_target = plan_rows(labels, targets, num_classes)
+    """Rows and units for a job (a skipped sample has none, so units still hold whole
+    samples under predicted:K and all)."""
+    rows_sample, rows_target = plan_rows(labels, targets, num_classes, skip)
     shard_size = effective_shard_size(shard_size, targets, num_classes)
     return Plan(rows_sample, rows_target, shard_size, split_units(rows_sample, shard_size))
 

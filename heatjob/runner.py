@@ -8,6 +8,7 @@ few kilobytes of logits and timings, which the driver writes to the store.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-from ray.util import ActorPool
 
 from heatjob.errors import HeatjobError, SpecError
 from heatjob.plan import Unit, owned_samples
@@ -99,7 +99,13 @@ def plan_workers(
     num_cpus = min(1.0, cpus / workers) if use_gpu else cpus / workers
     per_gpu = (num_gpus or min(1.0, gpus / workers)) if use_gpu else 0.0
     threads = max(1, int(cpus // workers)) if not use_gpu else 1
-    return WorkerPlan(workers, round(num_cpus, 3), round(per_gpu, 3), threads)
+    # Rounded down: requests that add up to more than the cluster has leave an actor
+    # unscheduled forever (3 workers x round(2/3, 3) CPUs = 2.001 > 2).
+    return WorkerPlan(workers, _floor3(num_cpus), _floor3(per_gpu), threads)
+
+
+def _floor3(value: float) -> float:
+    return math.floor(value * 1000) / 1000
 
 
 class RayWorker:
@@ -124,6 +130,9 @@ class RayWorker:
         return dataclasses.replace(result, node=ray.get_runtime_context().get_node_id())
 
 
+MAX_ATTEMPTS = 3  # dispatches of one unit before the job gives up on it
+
+
 def run_units(
     spec_dict: dict,
     store_path: str,
@@ -133,32 +142,58 @@ def run_units(
     rows_target: np.ndarray,
     units: Sequence[Unit],
     workers: WorkerPlan,
-    on_result: Callable[[UnitResult], None],
+    on_result: Callable[[UnitResult, int], None],
 ) -> None:
-    """Run `units` over a pool of actors; call `on_result` in the driver as each ends."""
+    """Run `units` over a pool of actors; call `on_result(result, attempts)` as each ends.
+
+    heatjob re-dispatches itself rather than leaving it to Ray's task retries, so that it
+    knows how many attempts each unit took (the store records them): a worker that dies
+    is replaced by a fresh actor and its unit goes back in the queue, up to MAX_ATTEMPTS
+    dispatches. A unit rewrites its whole shard, so a retry cannot duplicate rows.
+    """
     actor_class = ray.remote(RayWorker).options(
-        num_cpus=workers.num_cpus,
-        num_gpus=workers.num_gpus,
-        max_restarts=2,  # a lost worker is restarted ...
-        max_task_retries=2,  # ... and its unit retried
+        num_cpus=workers.num_cpus, num_gpus=workers.num_gpus, max_restarts=0
     )
-    actors = [
-        actor_class.remote(spec_dict, store_path, num_classes, workers.threads)
-        for _ in range(workers.workers)
-    ]
+
+    def new_actor():
+        return actor_class.remote(spec_dict, store_path, num_classes, workers.threads)
 
     def dispatch(actor, unit: Unit):
         rows = slice(unit.row_start, unit.row_stop)
         owned = owned_samples(unit, rows_sample, n_samples)
         return actor.run_unit.remote(unit, rows_sample[rows], rows_target[rows], owned)
 
+    queue = list(reversed(units))  # pop() from the end takes units in order
+    idle = [new_actor() for _ in range(workers.workers)]
+    attempts: dict[int, int] = {}
+    running: dict = {}  # object ref -> (actor, unit)
     try:
-        for result in ActorPool(actors).map_unordered(dispatch, list(units)):
-            on_result(result)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, HeatjobError):
-            raise exc.cause from None
-        raise
+        while queue or running:
+            while queue and idle:
+                actor, unit = idle.pop(), queue.pop()
+                attempts[unit.index] = attempts.get(unit.index, 0) + 1
+                running[dispatch(actor, unit)] = (actor, unit)
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            actor, unit = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, HeatjobError):
+                    raise exc.cause from None
+                raise
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                if attempts[unit.index] >= MAX_ATTEMPTS:
+                    raise HeatjobError(
+                        f"unit {unit.index} (rows {unit.row_start}-{unit.row_stop - 1}) failed "
+                        f"{MAX_ATTEMPTS} times, its worker died each time; last: "
+                        f"{' '.join(str(exc).split())[:300]}"
+                    ) from None
+                ray.kill(actor)
+                idle.append(new_actor())
+                queue.append(unit)
+                continue
+            idle.append(actor)
+            on_result(result, attempts[unit.index])
     finally:
-        for actor in actors:
+        for actor in [*idle, *(a for a, _ in running.values())]:
             ray.kill(actor)

@@ -8,6 +8,7 @@ Relative paths in a spec are relative to the working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from heatjob.errors import SpecError
 DATASET_KINDS = ("voc", "imagefolder", "synthetic")
 STORE_DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_IMAGE_SIZE = 4096  # a float32 heatmap row is then 64 MiB; larger is a typo
 _PREDICTED = re.compile(r"^predicted:(\d+)$")
 
 
@@ -133,7 +135,9 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> JobSpec:
         raise SpecError(f"{source}: a job spec is a TOML table")
     for section in raw:
         if section not in _SECTIONS:
-            raise SpecError(f"{source}: unknown section [{section}]; known: {', '.join(_SECTIONS)}")
+            raise SpecError(
+                f"{source}: unknown section [{_name(section)}]; known: {', '.join(_SECTIONS)}"
+            )
     for required in ("dataset", "model", "attribution", "store"):
         if required not in raw:
             raise SpecError(f"{source}: missing section [{required}]")
@@ -152,7 +156,9 @@ def _section(table: Any, name: str, cls: type, source: str) -> Any:
     values = {}
     for key, value in table.items():
         if key not in fields:
-            raise SpecError(f"{source}: unknown key [{name}] {key}; known: {', '.join(fields)}")
+            raise SpecError(
+                f"{source}: unknown key [{name}] {_name(key)}; known: {', '.join(fields)}"
+            )
         values[key] = _coerce(value, fields[key], f"[{name}] {key}", source)
     missing = [
         f.name
@@ -170,7 +176,9 @@ def _coerce(value: Any, f: dataclasses.Field, where: str, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{source}: {where} must be an integer, got {value!r}")
+            raise SpecError(f"{source}: {where} must be an integer, got {_short(value)}")
+        if not -(2**63) <= value < 2**63:  # TOML's range; a JSON spec (store attrs) has none
+            raise SpecError(f"{source}: {where} is out of range, got {_short(value)}")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -182,19 +190,35 @@ def _coerce(value: Any, f: dataclasses.Field, where: str, source: str) -> Any:
         return value
     if kind == "str":
         if not isinstance(value, str):
-            raise SpecError(f"{source}: {where} must be a string, got {value!r}")
+            raise SpecError(f"{source}: {where} must be a string, got {_short(value)}")
         return value
     if kind == "tuple[float, ...]":
         if not isinstance(value, list) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value
         ):
-            raise SpecError(f"{source}: {where} must be a list of numbers, got {value!r}")
-        return tuple(float(v) for v in value)
+            raise SpecError(f"{source}: {where} must be a list of numbers, got {_short(value)}")
+        try:
+            return tuple(float(v) for v in value)
+        except OverflowError:
+            raise SpecError(
+                f"{source}: {where} holds a number too large: {_short(value)}"
+            ) from None
     if kind == "tuple[str, ...]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SpecError(f"{source}: {where} must be a list of strings, got {value!r}")
+            raise SpecError(f"{source}: {where} must be a list of strings, got {_short(value)}")
         return tuple(value)
     raise AssertionError(f"no coercion for {kind}")
+
+
+def _name(key: Any) -> str:
+    """A key as the user typed it, quoted when it is not a plain word (say, holds a newline)."""
+    return key if isinstance(key, str) and key.isidentifier() else _short(key)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value for an error message: one line, not a page."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_values(spec: JobSpec) -> None:
@@ -208,8 +232,8 @@ def _check_values(spec: JobSpec) -> None:
         fail("[dataset] kind", f"must be one of {', '.join(DATASET_KINDS)}, got {ds.kind!r}")
     if ds.kind != "synthetic" and not ds.root:
         fail("[dataset] root", f"is required for kind = {ds.kind!r}")
-    if ds.image_size < 8:
-        fail("[dataset] image_size", f"must be at least 8, got {ds.image_size}")
+    if not 8 <= ds.image_size <= MAX_IMAGE_SIZE:
+        fail("[dataset] image_size", f"must be 8 to {MAX_IMAGE_SIZE}, got {ds.image_size}")
     if ds.limit < 0:
         fail("[dataset] limit", f"must be 0 (all) or positive, got {ds.limit}")
     if ds.num_samples < 1:
@@ -223,6 +247,8 @@ def _check_values(spec: JobSpec) -> None:
     for key, values in (("mean", model.mean), ("std", model.std)):
         if len(values) != 3:
             fail(f"[model] {key}", f"must have 3 values (R, G, B), got {len(values)}")
+        if not all(math.isfinite(v) for v in values):
+            fail(f"[model] {key}", f"must be finite numbers, got {list(values)}")
     if any(v <= 0 for v in model.std):
         fail("[model] std", f"must be positive, got {list(model.std)}")
     if not attr.composites:

@@ -13,7 +13,8 @@ Who writes what, so that no two processes ever write into one chunk or shard:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +102,12 @@ def create_store(
     image_size: int,
     dtype: str,
     storage_options: dict | None = None,
+    sample_failures: Mapping[int, str] | None = None,
 ) -> zarr.Group:
-    """Create (overwriting) the whole layout and write what the plan knows."""
+    """Create (overwriting) the whole layout and write what the plan knows.
+
+    `sample_failures`: samples whose annotations could not be read (index -> reason).
+    """
     root = open_group(path, "w", storage_options)
     n_samples, n_classes = sample_labels.shape
 
@@ -156,9 +161,55 @@ def create_store(
     small("units/host", np.full(n_units, "", dtype=object), ("unit",), fill="", dtype=str)
     small("units/node", np.full(n_units, "", dtype=object), ("unit",), fill="", dtype=str)
     small("units/pid", np.full(n_units, -1, dtype=np.int64), ("unit",), fill=-1)
+    add_failure_records(root, len(plan.units), n_samples, sample_failures)
     # Written last: a store whose attributes are missing was interrupted while being created.
     root.attrs["heatjob"] = attrs
     return root
+
+
+def add_failure_records(
+    root: zarr.Group,
+    n_units: int,
+    n_samples: int,
+    sample_failures: Mapping[int, str] | None = None,
+) -> None:
+    """The arrays beside the done flags, where missing (a store from before they existed
+    gets them on resume): per unit the dispatches it took and the checksum of its shards
+    (attempts 0 = no record), per sample whether it failed and why."""
+
+    def add(name: str, data: np.ndarray, dims: tuple[str, ...], fill: Any, dtype: Any) -> None:
+        if name in root:
+            return
+        array = root.create_array(
+            name,
+            shape=data.shape,
+            dtype=dtype,
+            chunks=(max(1, min(_BLOCK, data.shape[0])),),
+            dimension_names=dims,
+            fill_value=fill,
+        )
+        if data.size and data.any():
+            array[...] = data
+
+    failed = np.zeros(n_samples, dtype=bool)
+    reasons = np.full(n_samples, "", dtype=object)
+    for sample, reason in (sample_failures or {}).items():
+        failed[sample], reasons[sample] = True, reason
+    add("units/attempts", np.zeros(n_units, dtype=np.int32), ("unit",), 0, "int32")
+    add("units/checksum", np.zeros(n_units, dtype=np.uint64), ("unit",), 0, "uint64")
+    add("samples/failed", failed, ("sample",), False, "bool")
+    add("samples/failure", reasons, ("sample",), "", str)
+
+
+def failure_records(root: zarr.Group, n_units: int, n_samples: int) -> dict[str, np.ndarray]:
+    """attempts, checksum, failed, failure: read, or empty ones for an older store."""
+    empty = {
+        "units/attempts": np.zeros(n_units, dtype=np.int32),
+        "units/checksum": np.zeros(n_units, dtype=np.uint64),
+        "samples/failed": np.zeros(n_samples, dtype=bool),
+        "samples/failure": np.full(n_samples, "", dtype=object),
+    }
+    return {name: root[name][:] if name in root else value for name, value in empty.items()}
 
 
 def open_store(
@@ -194,12 +245,56 @@ def done_flags(root: zarr.Group) -> np.ndarray:
 
 def write_unit_heatmaps(
     path: str, unit: Unit, heatmaps: dict[str, np.ndarray], storage_options: dict | None = None
-) -> None:
-    """A worker's write: the unit's whole shard of every composite, one call each."""
+) -> int:
+    """A worker's write: the unit's whole shard of every composite, one call each.
+
+    Returns the checksum of what was written (see `unit_checksum`).
+    """
     root = open_group(path, "r+", storage_options)
+    written = {}
     for composite, values in heatmaps.items():
         array = root[f"heatmaps/{composite}"]
-        array[unit.row_start : unit.row_stop] = values.astype(array.dtype, copy=False)
+        written[composite] = values.astype(array.dtype, copy=False)
+        array[unit.row_start : unit.row_stop] = written[composite]
+    return unit_checksum(written)
+
+
+def unit_checksum(heatmaps: Mapping[str, np.ndarray]) -> int:
+    """A 64-bit digest of a unit's heatmaps, composites in name order, in the stored dtype.
+
+    NaNs are hashed as one canonical NaN: a row of NaN (a failed sample) may come back from
+    the store as the fill value's bit pattern rather than the one written.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for composite in sorted(heatmaps):
+        values = np.ascontiguousarray(heatmaps[composite])
+        values = np.where(np.isnan(values), np.array(np.nan, dtype=values.dtype), values)
+        digest.update(composite.encode())
+        digest.update(str(values.shape).encode())
+        digest.update(values.tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def verify_units(root: zarr.Group, info: StoreInfo) -> list[tuple[int, str]]:
+    """Recompute the checksum of every done unit that has one (attempts > 0; a store from
+    before checksums has none); (unit, problem) for each that does not match."""
+    units = store_units(root, info)
+    records = failure_records(root, len(units), root["samples/id"].shape[0])
+    checksums, attempts = records["units/checksum"], records["units/attempts"]
+    done = done_flags(root)
+    arrays = {c: root[f"heatmaps/{c}"] for c in info.composites}
+    problems = []
+    for unit in units:
+        if not done[unit.index] or not attempts[unit.index]:
+            continue
+        try:
+            maps = {c: a[unit.row_start : unit.row_stop] for c, a in arrays.items()}
+        except Exception as exc:  # a corrupt shard may not even decode
+            problems.append((unit.index, f"unreadable: {' '.join(str(exc).split())}"))
+            continue
+        if unit_checksum(maps) != int(checksums[unit.index]):
+            problems.append((unit.index, "checksum mismatch"))
+    return problems
 
 
 def finish_unit(
@@ -209,10 +304,14 @@ def finish_unit(
     logits: np.ndarray,
     row_targets: np.ndarray | None,
     writer: tuple[str, str, int] | None = None,
+    checksum: int = 0,
+    attempts: int = 1,
+    failures: Mapping[int, str] | None = None,
 ) -> None:
     """The driver's write after a worker reported a unit; the done flag goes last.
 
     writer: (host, Ray node id, pid) of the worker that wrote the unit's shards.
+    `failures`: samples of the unit whose image could not be read (index -> reason).
     """
     if len(logits_samples):
         root["samples/logits"][logits_samples.start : logits_samples.stop] = logits
@@ -223,4 +322,9 @@ def finish_unit(
         root["units/host"][unit.index] = host
         root["units/node"][unit.index] = node
         root["units/pid"][unit.index] = pid
+    for sample, reason in sorted((failures or {}).items()):
+        root["samples/failed"][sample] = True
+        root["samples/failure"][sample] = reason
+    root["units/checksum"][unit.index] = np.uint64(checksum)
+    root["units/attempts"][unit.index] = attempts
     root["units/done"][unit.index] = True

@@ -16,7 +16,7 @@ import zarr
 from tqdm import tqdm
 
 from heatjob.data.base import read_records, scale_boxes
-from heatjob.errors import HeatjobError, SpecError
+from heatjob.errors import DataError, HeatjobError, SpecError
 from heatjob.location import Location, is_url
 from heatjob.lrp import composite_names, ensure_supported
 from heatjob.models import build_model, file_sha256
@@ -25,6 +25,7 @@ from heatjob.runner import connect, plan_workers, run_units
 from heatjob.spec import JobSpec, parse_spec, with_overrides
 from heatjob.store import (
     StoreInfo,
+    add_failure_records,
     create_store,
     done_flags,
     finish_unit,
@@ -54,6 +55,7 @@ class PreparedJob:
     arrays: dict[str, np.ndarray]
     sample_ids: list[str]
     checkpoint_sha256: str
+    failures: dict[int, str]  # samples whose annotation could not be read: index -> reason
 
 
 def apply_options(
@@ -98,7 +100,8 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     ensure_supported(model)
     del model
 
-    records = read_records(dataset, progress=progress)
+    failures: dict[int, str] = {}
+    records = read_records(dataset, progress=progress, failures=failures)
     if not records:
         raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
     size = spec.dataset.image_size
@@ -111,8 +114,18 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
         box_class.append(record.box_classes)
         box_difficult.append(record.box_difficult)
     plan = make_plan(
-        [r.labels for r in records], spec.attribution.targets, num_classes, spec.run.shard_size
+        [r.labels for r in records],
+        spec.attribution.targets,
+        num_classes,
+        spec.run.shard_size,
+        skip=[i in failures for i in range(len(records))],
     )
+    if plan.n_rows == 0 and failures:
+        first = min(failures)
+        raise DataError(
+            f"{src}: no heatmap rows: {len(failures)} of {len(records)} samples failed, "
+            f"first: {failures[first]}"
+        )
     if plan.n_rows == 0:
         raise SpecError(f"{src}: no heatmap rows: no sample has a target class")
     arrays = {
@@ -133,6 +146,7 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
         arrays,
         [r.id for r in records],
         sha,
+        failures,
     )
 
 
@@ -161,6 +175,7 @@ def _create(job: PreparedJob) -> zarr.Group:
         spec.dataset.image_size,
         spec.store.dtype,
         spec.store.storage_options,
+        sample_failures=job.failures,
     )
 
 
@@ -227,8 +242,12 @@ def submit(
     resuming = bool(location.names())
     units = job.plan.units
     if resuming:
-        root, info = open_store(path, mode="r+", storage_options=spec.store.storage_options)
+        try:
+            root, info = open_store(path, mode="r+", storage_options=spec.store.storage_options)
+        except HeatjobError as exc:
+            raise HeatjobError(f"{path} is not a heatjob store; not touching it ({exc})") from None
         _check_resumable(job, root, info)
+        add_failure_records(root, len(units), len(job.sample_ids), job.failures)
         done = done_flags(root)
         pending = [u for u in units if not done[u.index]]
         if not pending:
@@ -254,10 +273,17 @@ def submit(
             smoothing=0.1,
         )
 
-        def on_result(result: UnitResult) -> None:
-            writer = (result.host, result.node, result.pid)
+        def on_result(result: UnitResult, attempts: int) -> None:
             finish_unit(
-                root, result.unit, result.owned, result.logits, result.row_targets, writer
+                root,
+                result.unit,
+                result.owned,
+                result.logits,
+                result.row_targets,
+                writer=(result.host, result.node, result.pid),
+                checksum=result.checksum,
+                attempts=attempts,
+                failures=result.failures,
             )
             bar.update(result.unit.n_rows)
 

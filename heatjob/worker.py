@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from heatjob.data import open_dataset
 from heatjob.data.preprocess import to_input
+from heatjob.errors import DataError
 from heatjob.lrp import explainers_for
 from heatjob.models import build_model
 from heatjob.plan import PENDING_TARGET, Unit
@@ -35,6 +36,8 @@ class UnitResult:
     host: str
     pid: int
     node: str = ""  # the Ray node id, filled in by the runner's actor
+    checksum: int = 0  # of the heatmaps written (store.unit_checksum)
+    failures: dict[int, str] = field(default_factory=dict)  # unreadable images: sample -> reason
 
 
 def pick_device(requested: str) -> torch.device:
@@ -65,6 +68,11 @@ class UnitWorker:
         self.spec: JobSpec = parse_spec(spec_dict, source="spec")
         self.store_path = store_path
         self.device = pick_device(self.spec.run.device)
+        if self.device.type == "cuda":
+            # cuDNN's autotuner may pick another convolution algorithm per run; fixed,
+            # deterministic algorithms make reruns and retried units reproducible.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         self.dataset = open_job_dataset(self.spec)
         m = self.spec.model
         self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
@@ -72,15 +80,25 @@ class UnitWorker:
             self.model, self.spec.attribution.composites, mean=m.mean, std=m.std
         )
 
-    def _load(self, samples: list[int]) -> torch.Tensor:
-        """A batch of inputs on the CPU; runs in the loader thread (heatjob.prefetch)."""
+    def _load(self, samples: list[int]) -> tuple[torch.Tensor, dict[int, str]]:
+        """A batch of inputs on the CPU, and the samples whose image could not be read;
+        runs in the loader thread (heatjob.prefetch).
+
+        An unreadable image does not stop the job: its input is zeros (so the batch keeps
+        its shape), and run_unit turns its heatmap rows and logits into NaN.
+        """
         size = self.spec.dataset.image_size
         m = self.spec.model
-        batch = torch.stack(
-            [to_input(self.dataset.load_image(i), size, m.mean, m.std) for i in samples]
-        )
+        batch, failures = [], {}
+        for i in samples:
+            try:
+                batch.append(to_input(self.dataset.load_image(i), size, m.mean, m.std))
+            except DataError as exc:
+                failures[i] = str(exc)
+                batch.append(torch.zeros(3, size, size))
+        stacked = torch.stack(batch)
         # pinned memory lets the one copy to the GPU run asynchronously
-        return batch.pin_memory() if self.device.type == "cuda" else batch
+        return (stacked.pin_memory() if self.device.type == "cuda" else stacked), failures
 
     def run_unit(
         self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
@@ -89,16 +107,19 @@ class UnitWorker:
         start = time.perf_counter()
         batch_size = self.spec.run.batch_size
         samples = sorted(set(rows_sample.tolist()) | set(owned))
-        inputs, logits = {}, {}
+        inputs, logits, failures = {}, {}, {}
         chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
         with torch.no_grad():
             # the next batch loads while this one runs; each batch moves to the device once,
             # and the explain passes below reuse those device tensors
-            for chunk, batch in prefetch(chunks, self._load):
+            for chunk, (batch, failed) in prefetch(chunks, self._load):
+                failures.update(failed)
                 x = batch.to(self.device, non_blocking=True)
                 out = self.model(x).float().cpu().numpy()
                 for j, sample in enumerate(chunk):
                     inputs[sample], logits[sample] = x[j], out[j]
+        for sample in failures:
+            logits[sample] = np.full_like(logits[sample], np.nan)
 
         targets = rows_target.astype(np.int32, copy=True)
         chosen = None
@@ -115,7 +136,13 @@ class UnitWorker:
                 relevance, _ = explainer.explain(x, t)
                 maps.append(relevance.float().cpu().numpy())
             heatmaps[name] = np.concatenate(maps)
-        write_unit_heatmaps(self.store_path, unit, heatmaps, self.spec.store.storage_options)
+        failed_rows = np.isin(rows_sample, list(failures))
+        for maps in heatmaps.values():
+            maps[failed_rows] = np.nan
+        _test_hold(unit)
+        checksum = write_unit_heatmaps(
+            self.store_path, unit, heatmaps, self.spec.store.storage_options
+        )
 
         owned_logits = np.stack([logits[s] for s in owned]) if len(owned) else np.zeros((0, 0))
         return UnitResult(
@@ -126,7 +153,25 @@ class UnitWorker:
             seconds=time.perf_counter() - start,
             host=socket.gethostname(),
             pid=os.getpid(),
+            checksum=checksum,
+            failures=failures,
         )
+
+
+def _test_hold(unit: Unit) -> None:
+    """Tests only: HEATJOB_TEST_HOLD="<unit>:<folder>" makes the first worker to reach that
+    unit write its pid to <folder>/unit-<unit>.pid and wait there, so that a test can kill
+    it mid-unit. A later attempt (the pid file exists) goes on."""
+    hold = os.environ.get("HEATJOB_TEST_HOLD", "")
+    if not hold or hold.split(":", 1)[0] != str(unit.index):
+        return
+    pid_file = os.path.join(hold.split(":", 1)[1], f"unit-{unit.index}.pid")
+    try:
+        with open(pid_file, "x") as handle:
+            handle.write(str(os.getpid()))
+    except FileExistsError:
+        return
+    time.sleep(120)
 
 
 def predicted_targets(rows_sample: np.ndarray, logits: dict[int, np.ndarray]) -> np.ndarray:

@@ -135,8 +135,14 @@ class Dataset(Protocol):
         ...
 
 
-def read_records(dataset: Dataset, progress: bool = False) -> list[SampleRecord]:
-    """The annotations of every sample, in order (with a progress bar on stderr if asked)."""
+def read_records(
+    dataset: Dataset, progress: bool = False, failures: dict[int, str] | None = None
+) -> list[SampleRecord]:
+    """The annotations of every sample, in order (with a progress bar on stderr if asked).
+
+    With `failures`, a sample whose annotation cannot be read does not stop the read: its
+    reason goes into `failures[index]` and its record is empty (size 0 x 0, no labels).
+    """
     indices = tqdm(
         range(len(dataset)),
         desc="annotations",
@@ -145,7 +151,17 @@ def read_records(dataset: Dataset, progress: bool = False) -> list[SampleRecord]
         leave=False,
         file=sys.stderr,
     )
-    return [dataset.record(index) for index in indices]
+    if failures is None:
+        return [dataset.record(index) for index in indices]
+    ids = dataset.ids()
+    records = []
+    for index in indices:
+        try:
+            records.append(dataset.record(index))
+        except DataError as exc:
+            failures[index] = str(exc)
+            records.append(make_record(ids[index], 0, 0, np.zeros((0, 4)), np.zeros(0)))
+    return records
 
 
 def check_index(index: int, length: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from heatjob.data.base import (
 )
 from heatjob.errors import DataError
 
+_MAX_SIDE = 2**31 - 1  # samples/size is int32
 _CLASS_INDEX = {name: index for index, name in enumerate(VOC_CLASSES)}
 
 
@@ -39,9 +41,36 @@ def _number(element: ET.Element, tag: str, xml_path: Path) -> float:
     if text is None or not text.strip():
         raise DataError(f"{xml_path}: <{tag}> missing in <{element.tag}>")
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise DataError(f"{xml_path}: <{tag}> is not a number: {text.strip()!r}") from None
+        value = float("nan")
+    if not math.isfinite(value):
+        raise DataError(f"{xml_path}: <{tag}> is not a number: {text.strip()[:40]!r}")
+    return value
+
+
+def _box(
+    bndbox: ET.Element, name: str, width: int, height: int, xml_path: Path
+) -> tuple[float, float, float, float]:
+    """A VOC box (1-based, inclusive) as x0, y0, x1, y1 (0-based, half-open), clipped to the
+    image. A box that sticks out of the image is clipped; one that is inverted or lies wholly
+    outside the image is an error, since it cannot say where the object is."""
+    xmin, ymin, xmax, ymax = (
+        _number(bndbox, tag, xml_path) for tag in ("xmin", "ymin", "xmax", "ymax")
+    )
+    if xmax < xmin or ymax < ymin:
+        raise DataError(
+            f"{xml_path}: box of {name!r} is inverted: "
+            f"xmin {xmin:g} ymin {ymin:g} xmax {xmax:g} ymax {ymax:g}"
+        )
+    x0, y0 = max(xmin - 1.0, 0.0), max(ymin - 1.0, 0.0)
+    x1, y1 = min(xmax, float(width)), min(ymax, float(height))
+    if x1 <= x0 or y1 <= y0:
+        raise DataError(
+            f"{xml_path}: box of {name!r} lies outside the {width}x{height} image: "
+            f"xmin {xmin:g} ymin {ymin:g} xmax {xmax:g} ymax {ymax:g}"
+        )
+    return x0, y0, x1, y1
 
 
 def parse_annotation(
@@ -52,37 +81,38 @@ def parse_annotation(
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
         raise DataError(f"annotation not found: {xml_path}") from None
-    except (ET.ParseError, OSError) as error:
+    except (ET.ParseError, OSError, ValueError, LookupError) as error:
+        # ValueError / LookupError: an encoding that the XML declares but Python cannot decode
         raise DataError(f"cannot parse annotation {xml_path}: {one_line(error)}") from None
-
-    boxes, classes, difficult = [], [], []
-    for obj in root.findall("object"):
-        name = (obj.findtext("name") or "").strip()
-        if name not in _CLASS_INDEX:
-            raise DataError(f"{xml_path}: unknown class name {name!r} (not a PASCAL VOC class)")
-        bndbox = obj.find("bndbox")
-        if bndbox is None:
-            raise DataError(f"{xml_path}: object {name!r} has no <bndbox>")
-        xmin, ymin, xmax, ymax = (
-            _number(bndbox, tag, xml_path) for tag in ("xmin", "ymin", "xmax", "ymax")
-        )
-        boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
-        classes.append(_CLASS_INDEX[name])
-        flag = (obj.findtext("difficult") or "0").strip()
-        try:
-            difficult.append(bool(int(float(flag))))
-        except ValueError:
-            raise DataError(f"{xml_path}: <difficult> is not 0 or 1: {flag!r}") from None
 
     height = width = 0
     size = root.find("size")
     if size is not None and size.findtext("width") and size.findtext("height"):
         width = int(_number(size, "width", xml_path))
         height = int(_number(size, "height", xml_path))
+        if max(width, height) > _MAX_SIDE:
+            raise DataError(f"{xml_path}: <size> {width}x{height} is not a plausible image size")
     if height <= 0 or width <= 0:
         if image_path is None:
             raise DataError(f"{xml_path}: <size> missing and no image to read it from")
         height, width = read_image_size(image_path)
+
+    boxes, classes, difficult = [], [], []
+    for obj in root.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in _CLASS_INDEX:
+            raise DataError(
+                f"{xml_path}: unknown class name {name[:40]!r} (not a PASCAL VOC class)"
+            )
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise DataError(f"{xml_path}: object {name!r} has no <bndbox>")
+        boxes.append(_box(bndbox, name, width, height, xml_path))
+        classes.append(_CLASS_INDEX[name])
+        flag = (obj.findtext("difficult") or "0").strip()
+        if flag not in ("0", "1", "0.0", "1.0"):
+            raise DataError(f"{xml_path}: <difficult> is not 0 or 1: {flag[:40]!r}")
+        difficult.append(flag.startswith("1"))
 
     return make_record(
         sample_id,
