@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torchvision
 import zarr
 
 import heatjob
@@ -65,6 +63,10 @@ def provenance(
     n_units: int,
 ) -> dict[str, Any]:
     """The `heatjob` root attribute: how this store's heatmaps were made."""
+    # imported here: readers of a store (merge, status, open_store) need no torch
+    import torch
+    import torchvision
+
     return {
         "format": STORE_FORMAT,
         "version": heatjob.__version__,
