@@ -116,6 +116,7 @@ _KEY_POSITIVE = np.zeros(1 << 16)  # R+ = max(value, 0) of each key, float64 (ex
 with np.errstate(invalid="ignore"):
     _KEY_POSITIVE[_float16_keys(_ALL_FLOAT16)] = np.maximum(_ALL_FLOAT16, 0)
 _KEY_POSITIVE[0x8000] = 0.0
+_ZERO_KEY = 0x8000
 _FINITE_KEYS = (0x0400, 0xFBFF)  # keys of -65504 and +65504; NaN and +-Inf lie outside
 
 
@@ -146,6 +147,18 @@ def rank_rows(heatmaps) -> Ranked:
         ascending = np.sort(keys, axis=1)
         finite = _finite(keys)
     return Ranked(keys, ascending, finite)
+
+
+def _positive_count(rk: Ranked) -> int:
+    """The most pixels with a value > 0 in any row (uint16 keys)."""
+    zero = np.full(len(rk.ascending), _ZERO_KEY, dtype=np.uint16)
+    return int((rk.ascending.shape[1] - _search_rows(rk.ascending, zero, "right")).max())
+
+
+def _search_rows(ascending: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
+    """np.searchsorted of each row's value in that row (sorted)."""
+    found = [np.searchsorted(r, v, side) for r, v in zip(ascending, values, strict=True)]
+    return np.array(found, dtype=np.int64)
 
 
 def _ranked_block(heatmaps, ranked: Ranked | None, a: int, b: int) -> Ranked:
@@ -253,9 +266,14 @@ def relevance_mass(heatmaps, masks) -> np.ndarray:
     return relevance_masses(heatmaps, [masks])[0]
 
 
-def relevance_masses(heatmaps, masks_list: list) -> np.ndarray:
+def relevance_masses(heatmaps, masks_list: list, ranked: Ranked | None = None) -> np.ndarray:
     """(len(masks_list), n): :func:`relevance_mass` of the same maps in several masks
-    (a target's boxes, the other classes' boxes), R+ and its total computed once."""
+    (a target's boxes, the other classes' boxes), R+ and its total computed once.
+
+    float16 maps whose R+ totals stay below 2**28 sum exactly in any order (see
+    :func:`_cut`): their R+ comes from the keys' table and masked sums skip the
+    temporary. Other maps take R+ in float32 and plain sums. Same values either way.
+    """
     n, s = heatmaps.shape[0], heatmaps.shape[1]
     out = np.zeros((len(masks_list), n), dtype=np.float64)
     for masks in masks_list:
@@ -263,18 +281,23 @@ def relevance_masses(heatmaps, masks_list: list) -> np.ndarray:
     for a, b in _blocks(n, s):
         h = np.asarray(heatmaps[a:b]).reshape(b - a, -1)
         exact = h.dtype == np.float16
-        h = h.astype(_score_dtype(h.dtype), copy=False)
-        pos = np.maximum(h, 0)
-        total = pos.sum(axis=1, dtype=np.float64)
-        finite = _finite(h)
+        if exact:
+            keys = _float16_keys(h) if ranked is None else ranked.keys[a:b]
+            pos = np.take(_KEY_POSITIVE, keys)
+            total = pos.sum(axis=1)
+            lo, hi = _FINITE_KEYS
+            finite = (keys.min(axis=1) >= lo) & (keys.max(axis=1) <= hi)
+            exact = bool((total[finite] < 2.0**28).all())
+        if not exact:
+            h = h.astype(_score_dtype(h.dtype), copy=False)
+            pos = np.maximum(h, 0)
+            total = pos.sum(axis=1, dtype=np.float64)
+            finite = _finite(h)
         ok = (total > 0) & finite
-        # float16 R+ below 2**28 in all sums exactly in any order (see _cut): the
-        # masked sum, which skips the temporary, equals the plain one bit for bit
-        exact = exact and bool((total[finite] < 2.0**28).all())
         for j, masks in enumerate(masks_list):
             m = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1)
             if exact:
-                inside = np.sum(pos, axis=1, dtype=np.float64, where=m)
+                inside = np.sum(pos, axis=1, where=m)
             else:
                 inside = np.where(m, pos, 0).sum(axis=1, dtype=np.float64)
             out[j, a:b][ok] = inside[ok] / total[ok]
@@ -316,14 +339,13 @@ def relevance_rank(heatmaps, masks, ranked: Ranked | None = None) -> np.ndarray:
         k = m.sum(axis=1)
         pixels = m.shape[1]
         kth = rk.ascending[np.arange(b - a), np.minimum(pixels - k, pixels - 1)]
-        above = rk.keys > kth[:, None]
-        hits = (above & m).sum(axis=1)
-        need = k - above.sum(axis=1)  # pixels tied with the K-th value still to take
-        tied = rk.keys == kth[:, None]
-        all_tied = tied.sum(axis=1) == need
-        hits += np.where(all_tied, (tied & m).sum(axis=1), 0)
-        for i in np.flatnonzero(~all_tied & (k > 0)):  # the earliest `need` tied pixels
-            hits[i] += m[i][np.flatnonzero(tied[i])[: need[i]]].sum()
+        # the sorted row says how many pixels lie above the K-th value and how many tie
+        above = pixels - _search_rows(rk.ascending, kth, "right")
+        tied = pixels - _search_rows(rk.ascending, kth, "left") - above
+        need = k - above  # pixels tied with the K-th value still to take
+        hits = ((rk.keys >= kth[:, None]) & m).sum(axis=1)  # all of them taken
+        for i in np.flatnonzero((tied > need) & (k > 0)):  # give back the later tied ones
+            hits[i] -= m[i][np.flatnonzero(rk.keys[i] == kth[i])[need[i] :]].sum()
         ok = k > 0
         out[a:b][ok] = hits[ok] / k[ok]
         out[a:b][~rk.finite] = np.nan
@@ -401,8 +423,9 @@ def heatmap_boxes(
         r = b - a
         rk = _ranked_block(heatmaps, ranked, a, b)
         descending = rk.ascending[:, ::-1]
-        if descending.dtype == np.uint16:
-            ranked_positive = np.take(_KEY_POSITIVE, descending)
+        if descending.dtype == np.uint16:  # R+ is 0 past the positive keys: leave them
+            head = max(1, _positive_count(rk))
+            ranked_positive = np.take(_KEY_POSITIVE, descending[:, :head])
         else:
             ranked_positive = np.maximum(descending, 0).astype(np.float64)
         total, last = _cut(ranked_positive, share, exact_sums=descending.dtype == np.uint16)
