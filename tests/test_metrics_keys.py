@@ -38,7 +38,8 @@ def _maps(rng, n: int, s: int) -> np.ndarray:
     h[8] = rng.uniform(0, 1, (s, s)).astype(np.float16)  # flat: the box cut lies far down
     h[9] = rng.uniform(1e-7, 1e-5, (s, s)).astype(np.float16)  # subnormals
     h[10:14] = rng.uniform(2e4, 65000, (4, s, s)).astype(np.float16)  # R+ total > 2**28
-    h[10:14, :, ::5] = rng.uniform(-1e-3, 1e-3, (4, s, (s + 4) // 5))  # with bits to lose
+    tiny = rng.uniform(-6e-6, 6e-6, (4, s, (s + 4) // 5))  # subnormals: bits to round off
+    h[10:14, :, ::5] = tiny
     return h
 
 
@@ -66,9 +67,9 @@ def _geometry(rng, n: int, s: int) -> merge.RowGeometry:
 
 def test_float16_keys_and_float32_values_give_identical_metrics() -> None:
     rng = np.random.default_rng(11)
-    n, s = 40, 96
+    n, s = 40, 128
     maps = _maps(rng, n, s)
-    assert (np.maximum(maps[10:14].astype(np.float64), 0).sum(axis=(1, 2)) > 2**28).all()
+    assert (np.maximum(maps[10:14].astype(np.float64), 0).sum(axis=(1, 2)) > 2**29).all()
     geometry = _geometry(rng, n, s)
     index = np.arange(n)
     keys = merge.score_block(maps, geometry, index)
@@ -95,3 +96,20 @@ def test_float16_pixel_ap_and_rank_against_sklearn_and_a_stable_sort() -> None:
         top = np.argsort(-h, kind="stable")[: m.sum()]  # ties: row-major first
         assert rank[i] == (m[top].sum() / m.sum() if m.any() else 0.0)
     assert np.isnan(ap[~ranked.finite]).all() and np.isnan(rank[~ranked.finite]).all()
+
+
+def test_sums_too_large_for_any_order_go_left_to_right() -> None:
+    """R+ of 9216 pixels at 65504 (> 2**29) then 2**-24 each: added left to right the
+    small ones round away, so with share=1 the cut is the last large pixel: the box
+    is the large square, for float16 keys as for float32 values."""
+    s = 128
+    h = np.full((1, s, s), 2.0**-24, np.float16)
+    h[0, :96, :96] = 65504
+    masks = np.zeros((1, s, s), bool)
+    masks[0, 90:, 90:] = True
+    for maps in (h, h.astype(np.float32)):
+        np.testing.assert_array_equal(M.heatmap_boxes(maps, share=1.0), [[0, 0, 96, 96]])
+    both = [masks, ~masks]
+    np.testing.assert_array_equal(
+        M.relevance_masses(h, both), M.relevance_masses(h.astype(np.float32), both)
+    )
