@@ -192,7 +192,11 @@ def box_masks(boxes: list[np.ndarray], size: int) -> np.ndarray:
         idx = starts[rows] + k
         xm = (grid >= lo[idx, 0, None]) & (grid < hi[idx, 0, None])
         ym = (grid >= lo[idx, 1, None]) & (grid < hi[idx, 1, None])
-        out[rows] |= ym[:, :, None] & xm[:, None, :]
+        box = ym[:, :, None] & xm[:, None, :]
+        if len(rows) == n:  # every row has a k-th box: no gather and scatter
+            out |= box
+        else:
+            out[rows] |= box
     return out
 
 
