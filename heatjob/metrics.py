@@ -111,11 +111,6 @@ def _float16_keys(h: np.ndarray) -> np.ndarray:
     return keys
 
 
-_ALL_FLOAT16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
-_KEY_POSITIVE = np.zeros(1 << 16)  # R+ = max(value, 0) of each key, float64 (exact)
-with np.errstate(invalid="ignore"):
-    _KEY_POSITIVE[_float16_keys(_ALL_FLOAT16)] = np.maximum(_ALL_FLOAT16, 0)
-_KEY_POSITIVE[0x8000] = 0.0
 _ZERO_KEY = 0x8000
 _FINITE_KEYS = (0x0400, 0xFBFF)  # keys of -65504 and +65504; NaN and +-Inf lie outside
 
@@ -147,6 +142,13 @@ def rank_rows(heatmaps) -> Ranked:
         ascending = np.sort(keys, axis=1)
         finite = _finite(keys)
     return Ranked(keys, ascending, finite)
+
+
+def _positive_values(keys: np.ndarray) -> np.ndarray:
+    """R+ = max(value, 0) as float64 of uint16 keys: the float16 bits of the positive
+    keys (NaN and +Inf stay so), 0 for the rest."""
+    bits = np.maximum(keys, np.uint16(_ZERO_KEY)) ^ np.uint16(_ZERO_KEY)
+    return bits.view(np.float16).astype(np.float64)
 
 
 def _positive_count(rk: Ranked) -> int:
@@ -287,7 +289,7 @@ def relevance_masses(heatmaps, masks_list: list, ranked: Ranked | None = None) -
         exact = h.dtype == np.float16
         if exact:
             keys = _float16_keys(h) if ranked is None else ranked.keys[a:b]
-            pos = np.take(_KEY_POSITIVE, keys)
+            pos = np.maximum(h.astype(np.float64), 0.0)
             total = pos.sum(axis=1)
             lo, hi = _FINITE_KEYS
             finite = (keys.min(axis=1) >= lo) & (keys.max(axis=1) <= hi)
@@ -429,7 +431,7 @@ def heatmap_boxes(
         descending = rk.ascending[:, ::-1]
         if descending.dtype == np.uint16:  # R+ is 0 past the positive keys: leave them
             head = max(1, _positive_count(rk))
-            ranked_positive = np.take(_KEY_POSITIVE, descending[:, :head])
+            ranked_positive = _positive_values(descending[:, :head])
         else:
             ranked_positive = np.maximum(descending, 0).astype(np.float64)
         total, last = _cut(ranked_positive, share, exact_sums=descending.dtype == np.uint16)
