@@ -5,7 +5,8 @@ merge's peak memory on synthetic stores of growing size.
     python bench/metrics_bench.py --memory 2000,8000 --out ...    # peak RSS of merge per size
 
 Speed: N heatmaps of S x S (float16, a smooth blob near a box plus noise, as LRP maps
-look), 1-3 random boxes each. heatjob scores them with merge's own per-row function
+look), 1-3 random boxes each. heatjob scores them as float16 (as merge reads a float16
+store) with merge's own per-row function
 (`merge.score_block`: pointing game, hard subset, relevance mass and its weighted
 form, other-class mass, relevance rank, pixel AP, the heatmap box); Quantus with
 PointingGame, RelevanceMassAccuracy, RelevanceRankAccuracy and AUC on dense masks of
@@ -247,7 +248,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--quantus-rows", type=int, default=64)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", default="", help="comma-separated row counts, e.g. 2000,8000")
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples in --memory runs")
     parser.add_argument("--tmp", default=None, help="where --memory writes its stores")
