@@ -179,7 +179,7 @@ def score_block(heatmaps: np.ndarray, geometry: RowGeometry, index: np.ndarray) 
     hit = metrics.pointing_game_hits(heatmaps, boxes, geometry.image_sizes[index], ranked=ranked)
     other = _union_masks([geometry.other_boxes[i] for i in index], size) & ~masks
     has_other = np.array([len(geometry.other_boxes[i]) > 0 for i in index], dtype=bool)
-    mass, other_mass = metrics.relevance_masses(heatmaps, [masks, other], ranked)
+    mass, other_mass = metrics.relevance_masses(heatmaps, [masks, other])
     return {
         "finite": finite,
         "hit": np.where(finite, hit, np.nan),

@@ -272,13 +272,13 @@ def relevance_mass(heatmaps, masks) -> np.ndarray:
     return relevance_masses(heatmaps, [masks])[0]
 
 
-def relevance_masses(heatmaps, masks_list: list, ranked: Ranked | None = None) -> np.ndarray:
+def relevance_masses(heatmaps, masks_list: list) -> np.ndarray:
     """(len(masks_list), n): :func:`relevance_mass` of the same maps in several masks
     (a target's boxes, the other classes' boxes), R+ and its total computed once.
 
     float16 maps whose R+ totals stay below 2**28 sum exactly in any order (see
-    :func:`_cut`): their R+ comes from the keys' table and masked sums skip the
-    temporary. Other maps take R+ in float32 and plain sums. Same values either way.
+    :func:`_cut`), so their masked sums skip the temporary; other maps sum R+ as
+    float32 values in float64 over the masked copy. Same values either way.
     """
     n, s = heatmaps.shape[0], heatmaps.shape[1]
     out = np.zeros((len(masks_list), n), dtype=np.float64)
@@ -288,11 +288,10 @@ def relevance_masses(heatmaps, masks_list: list, ranked: Ranked | None = None) -
         h = np.asarray(heatmaps[a:b]).reshape(b - a, -1)
         exact = h.dtype == np.float16
         if exact:
-            keys = _float16_keys(h) if ranked is None else ranked.keys[a:b]
-            pos = np.maximum(h.astype(np.float64), 0.0)
+            pos = h.astype(np.float64)
+            finite = _finite(pos)
+            pos = np.maximum(pos, 0.0, out=pos)
             total = pos.sum(axis=1)
-            lo, hi = _FINITE_KEYS
-            finite = (keys.min(axis=1) >= lo) & (keys.max(axis=1) <= hi)
             exact = bool((total[finite] < 2.0**28).all())
         if not exact:
             h = h.astype(_score_dtype(h.dtype), copy=False)
@@ -387,7 +386,7 @@ def pixel_average_precision(heatmaps, masks, ranked: Ranked | None = None) -> np
     pixels enter the precision-recall curve together as one threshold. An empty mask
     gives 0.0, as sklearn does; a map with NaN or +-Inf nan. One sort of the map per
     row (``ranked``: :func:`rank_rows` of the same maps), then a binary search per
-    mask pixel (see :func:`_ap_of_row`).
+    distinct score in the mask (see :func:`_ap_of_row`).
     """
     n, s = _check_pair(heatmaps, masks)
     out = np.zeros(n, dtype=np.float64)
