@@ -5,7 +5,8 @@ merge's peak memory on synthetic stores of growing size.
     python bench/metrics_bench.py --memory 2000,8000 --out ...    # peak RSS of merge per size
 
 Speed: N heatmaps of S x S (float16, a smooth blob near a box plus noise, as LRP maps
-look), 1-3 random boxes each. heatjob scores them with merge's own per-row function
+look), 1-3 random boxes each. heatjob scores them as float16 (as merge reads a float16
+store) with merge's own per-row function
 (`merge.score_block`: pointing game, hard subset, relevance mass and its weighted
 form, other-class mass, relevance rank, pixel AP, the heatmap box); Quantus with
 PointingGame, RelevanceMassAccuracy, RelevanceRankAccuracy and AUC on dense masks of
@@ -79,7 +80,7 @@ def heatjob_rows_per_second(maps, boxes, sizes, other) -> float:
     start = time.perf_counter()
     for a in range(0, n, 64):  # one store shard at a time, as merge does
         index = np.arange(a, min(n, a + 64))
-        merge_module.score_block(maps[index].astype(np.float32), geometry, index)
+        merge_module.score_block(maps[index], geometry, index)  # float16, as stored
     return n / (time.perf_counter() - start)
 
 
@@ -88,13 +89,14 @@ def heatjob_four_rows_per_second(maps, boxes, sizes) -> float:
     n, size = len(maps), maps.shape[-1]
     start = time.perf_counter()
     for a in range(0, n, 64):
-        h = maps[a : a + 64].astype(np.float32)
+        h = maps[a : a + 64]
         b = boxes[a : a + 64]
         masks = metrics.box_masks(b, size)
-        metrics.pointing_game_hits(h, b, sizes[a : a + 64])
+        ranked = metrics.rank_rows(h)
+        metrics.pointing_game_hits(h, b, sizes[a : a + 64], ranked=ranked)
         metrics.relevance_mass(h, masks)
-        metrics.relevance_rank(h, masks)
-        metrics.pixel_average_precision(h, masks)
+        metrics.relevance_rank(h, masks, ranked)
+        metrics.pixel_average_precision(h, masks, ranked)
     return n / (time.perf_counter() - start)
 
 
@@ -246,7 +248,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--quantus-rows", type=int, default=64)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", default="", help="comma-separated row counts, e.g. 2000,8000")
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples in --memory runs")
     parser.add_argument("--tmp", default=None, help="where --memory writes its stores")

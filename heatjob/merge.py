@@ -174,23 +174,23 @@ def score_block(heatmaps: np.ndarray, geometry: RowGeometry, index: np.ndarray) 
     boxes = [geometry.boxes[i] for i in index]
     size = heatmaps.shape[-1]
     masks = metrics.box_masks(boxes, size)
-    finite = metrics.finite_rows(heatmaps)
-    hit = metrics.pointing_game_hits(heatmaps, boxes, geometry.image_sizes[index])
+    ranked = metrics.rank_rows(heatmaps)  # one sort per row, shared by four metrics
+    finite = ranked.finite
+    hit = metrics.pointing_game_hits(heatmaps, boxes, geometry.image_sizes[index], ranked=ranked)
     other = _union_masks([geometry.other_boxes[i] for i in index], size) & ~masks
     has_other = np.array([len(geometry.other_boxes[i]) > 0 for i in index], dtype=bool)
-    mass = metrics.relevance_mass(heatmaps, masks)
-    ascending = metrics.sorted_rows(heatmaps)  # shared by pixel AP and the heatmap box
+    mass, other_mass = metrics.relevance_masses(heatmaps, [masks, other])
     return {
         "finite": finite,
         "hit": np.where(finite, hit, np.nan),
         "hard": metrics.hard_subset(masks, geometry.other_class[index]),
         "box_share": masks.reshape(len(index), -1).mean(axis=1),
         "mass": mass,
-        "other_mass": np.where(has_other, metrics.relevance_mass(heatmaps, other), np.nan),
+        "other_mass": np.where(has_other, other_mass, np.nan),
         "mass_weighted": metrics.relevance_mass_weighted(heatmaps, masks, mass=mass),
-        "rank": metrics.relevance_rank(heatmaps, masks),
-        "pixel_ap": metrics.pixel_average_precision(heatmaps, masks, ascending),
-        "box": metrics.heatmap_boxes(heatmaps, ascending=ascending),
+        "rank": metrics.relevance_rank(heatmaps, masks, ranked),
+        "pixel_ap": metrics.pixel_average_precision(heatmaps, masks, ranked),
+        "box": metrics.heatmap_boxes(heatmaps, ranked=ranked),
     }
 
 
@@ -300,7 +300,10 @@ def score_store(root, info, geometry, progress: bool) -> dict[str, dict[str, np.
         maps["baseline:random"] = random_heatmaps(geometry.rows[index], size)
         maps["baseline:centre"] = centre_heatmaps(geometry.rows[index], size)
         for name, heatmaps in maps.items():
-            values = score_block(np.asarray(heatmaps, dtype=np.float32), geometry, index)
+            heatmaps = np.asarray(heatmaps)
+            if heatmaps.dtype != np.float16:  # float16 maps are ranked by uint16 keys
+                heatmaps = heatmaps.astype(np.float32)
+            values = score_block(heatmaps, geometry, index)
             for key, v in values.items():
                 per_row[name].setdefault(key, []).append(v)
     empty = {"box": np.zeros((0, 4))}

@@ -21,6 +21,8 @@ Conventions shared by every function:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 __all__ = [
@@ -31,10 +33,12 @@ __all__ = [
     "mean_over_classes",
     "pixel_average_precision",
     "pointing_game_hits",
+    "rank_rows",
+    "Ranked",
     "relevance_mass",
+    "relevance_masses",
     "relevance_mass_weighted",
     "relevance_rank",
-    "sorted_rows",
     "voc_average_precision",
     "voc_ap_from_matches",
     "voc_matches",
@@ -89,6 +93,82 @@ def finite_rows(heatmaps) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------------- order keys
+# The pointing game, relevance rank, pixel AP and the heatmap box only compare values.
+# A float16 map (the store's default) has 65,536 possible values, so each pixel gets a
+# uint16 key that orders and ties exactly like its value: sorting 2-byte keys is
+# several times faster than sorting float32, and everything after the sort (binary
+# searches, the top-k threshold, the box's cut) works on the keys. Other dtypes keep
+# their values as keys, so both paths run the same code and give the same numbers.
+
+
+def _float16_keys(h: np.ndarray) -> np.ndarray:
+    """uint16 keys of float16 values: same order, equal exactly when the values are."""
+    bits = np.ascontiguousarray(h, dtype=np.float16).view(np.uint16)
+    # negative (sign bit set): flip every bit, so more negative is smaller; else set it
+    keys = bits ^ ((bits.view(np.int16) >> 15).view(np.uint16) | np.uint16(0x8000))
+    keys[keys == 0x7FFF] = 0x8000  # -0.0 ties with +0.0
+    return keys
+
+
+_ZERO_KEY = 0x8000
+_FINITE_KEYS = (0x0400, 0xFBFF)  # keys of -65504 and +65504; NaN and +-Inf lie outside
+
+
+class Ranked(NamedTuple):
+    """A block of maps as the order-based metrics see it (see :func:`rank_rows`)."""
+
+    keys: np.ndarray  # (n, P) compare and tie exactly like the values
+    ascending: np.ndarray  # (n, P) each row's keys sorted
+    finite: np.ndarray  # (n,) no NaN, no +-Inf
+
+
+def rank_rows(heatmaps) -> Ranked:
+    """One sort per row, shared by :func:`pointing_game_hits`, :func:`relevance_rank`,
+    :func:`pixel_average_precision` and :func:`heatmap_boxes` (their ``ranked=``).
+
+    float16 maps get uint16 order keys; float32 and float64 maps keep their values
+    (float16 and float32 copies of the same maps score identically).
+    """
+    h = np.asarray(heatmaps)
+    h = h.reshape(h.shape[0], -1)
+    if h.dtype == np.float16:
+        keys = _float16_keys(h)
+        ascending = np.sort(keys, axis=1)
+        lo, hi = _FINITE_KEYS
+        finite = (ascending[:, 0] >= lo) & (ascending[:, -1] <= hi)
+    else:
+        keys = h.astype(_score_dtype(h.dtype), copy=False)
+        ascending = np.sort(keys, axis=1)
+        finite = _finite(keys)
+    return Ranked(keys, ascending, finite)
+
+
+def _positive_values(keys: np.ndarray) -> np.ndarray:
+    """R+ = max(value, 0) as float64 of uint16 keys: the float16 bits of the positive
+    keys (NaN and +Inf stay so), 0 for the rest."""
+    bits = np.maximum(keys, np.uint16(_ZERO_KEY)) ^ np.uint16(_ZERO_KEY)
+    return bits.view(np.float16).astype(np.float64)
+
+
+def _positive_count(rk: Ranked) -> int:
+    """The most pixels with a value > 0 in any row (uint16 keys)."""
+    zero = np.full(len(rk.ascending), _ZERO_KEY, dtype=np.uint16)
+    return int((rk.ascending.shape[1] - _search_rows(rk.ascending, zero, "right")).max())
+
+
+def _search_rows(ascending: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
+    """np.searchsorted of each row's value in that row (sorted)."""
+    found = [np.searchsorted(r, v, side) for r, v in zip(ascending, values, strict=True)]
+    return np.array(found, dtype=np.int64)
+
+
+def _ranked_block(heatmaps, ranked: Ranked | None, a: int, b: int) -> Ranked:
+    if ranked is None:
+        return rank_rows(np.asarray(heatmaps[a:b]))
+    return Ranked(ranked.keys[a:b], ranked.ascending[a:b], ranked.finite[a:b])
+
+
 # --------------------------------------------------------------------------- masks
 
 
@@ -114,7 +194,11 @@ def box_masks(boxes: list[np.ndarray], size: int) -> np.ndarray:
         idx = starts[rows] + k
         xm = (grid >= lo[idx, 0, None]) & (grid < hi[idx, 0, None])
         ym = (grid >= lo[idx, 1, None]) & (grid < hi[idx, 1, None])
-        out[rows] |= ym[:, :, None] & xm[:, None, :]
+        box = ym[:, :, None] & xm[:, None, :]
+        if len(rows) == n:  # every row has a k-th box: no gather and scatter
+            out |= box
+        else:
+            out[rows] |= box
     return out
 
 
@@ -133,7 +217,9 @@ def hard_subset(masks, sample_has_other_class: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- pointing game
 
 
-def pointing_game_hits(heatmaps, boxes, image_sizes, tolerance: float = 15.0) -> np.ndarray:
+def pointing_game_hits(
+    heatmaps, boxes, image_sizes, tolerance: float = 15.0, ranked: Ranked | None = None
+) -> np.ndarray:
     """(n,) bool: does each heatmap's maximum point at a target box?
 
     The maximum pixel is the first maximum in row-major order (``np.argmax`` of the
@@ -142,6 +228,7 @@ def pointing_game_hits(heatmaps, boxes, image_sizes, tolerance: float = 15.0) ->
     mapped to original-image coordinates ``((x+0.5)*W/S, (y+0.5)*H/S)``, the boxes to
     ``(x*W/S, y*H/S)``; a hit is a Euclidean distance <= ``tolerance`` original pixels
     from the nearest box, taken as a filled rectangle (distance 0 inside).
+    ``ranked``: :func:`rank_rows` of the same maps when the caller has it.
     """
     n = heatmaps.shape[0]
     s = heatmaps.shape[1]
@@ -154,10 +241,9 @@ def pointing_game_hits(heatmaps, boxes, image_sizes, tolerance: float = 15.0) ->
     arg = np.empty(n, dtype=np.int64)
     points = np.empty(n, dtype=bool)
     for a, b in _blocks(n, s):
-        h = np.asarray(heatmaps[a:b]).reshape(b - a, -1)
-        h = h.astype(_score_dtype(h.dtype), copy=False)
-        arg[a:b] = np.argmax(h, axis=1)
-        points[a:b] = _finite(h) & (h.max(axis=1) > h.min(axis=1))
+        rk = _ranked_block(heatmaps, ranked, a, b)
+        arg[a:b] = np.argmax(rk.keys, axis=1)
+        points[a:b] = rk.finite & (rk.ascending[:, -1] > rk.ascending[:, 0])
     y, x = np.divmod(arg, s)
     sy = sizes[:, 0] / s  # original pixels per heatmap pixel, vertically
     sx = sizes[:, 1] / s
@@ -183,18 +269,44 @@ def relevance_mass(heatmaps, masks) -> np.ndarray:
     R+ = max(R, 0). A map without positive relevance (all zero or all negative)
     gives 0.0; a map with NaN or +-Inf gives nan. Sums are taken in float64.
     """
-    n, s = _check_pair(heatmaps, masks)
-    out = np.zeros(n, dtype=np.float64)
+    return relevance_masses(heatmaps, [masks])[0]
+
+
+def relevance_masses(heatmaps, masks_list: list) -> np.ndarray:
+    """(len(masks_list), n): :func:`relevance_mass` of the same maps in several masks
+    (a target's boxes, the other classes' boxes), R+ and its total computed once.
+
+    float16 maps whose R+ totals stay below 2**28 sum exactly in any order (see
+    :func:`_cut`), so their masked sums skip the temporary; other maps sum R+ as
+    float32 values in float64 over the masked copy. Same values either way.
+    """
+    n, s = heatmaps.shape[0], heatmaps.shape[1]
+    out = np.zeros((len(masks_list), n), dtype=np.float64)
+    for masks in masks_list:
+        _check_pair(heatmaps, masks)
     for a, b in _blocks(n, s):
         h = np.asarray(heatmaps[a:b]).reshape(b - a, -1)
-        pos = np.maximum(h.astype(_score_dtype(h.dtype), copy=False), 0)
-        m = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1)
-        total = pos.sum(axis=1, dtype=np.float64)
-        inside = np.where(m, pos, 0).sum(axis=1, dtype=np.float64)
-        finite = _finite(h)
+        exact = h.dtype == np.float16
+        if exact:
+            pos = h.astype(np.float64)
+            finite = _finite(pos)
+            pos = np.maximum(pos, 0.0, out=pos)
+            total = pos.sum(axis=1)
+            exact = bool((total[finite] < 2.0**28).all())
+        if not exact:
+            h = h.astype(_score_dtype(h.dtype), copy=False)
+            pos = np.maximum(h, 0)
+            total = pos.sum(axis=1, dtype=np.float64)
+            finite = _finite(h)
         ok = (total > 0) & finite
-        out[a:b][ok] = inside[ok] / total[ok]
-        out[a:b][~finite] = np.nan
+        for j, masks in enumerate(masks_list):
+            m = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1)
+            if exact:
+                inside = np.sum(pos, axis=1, where=m)
+            else:
+                inside = np.where(m, pos, 0).sum(axis=1, dtype=np.float64)
+            out[j, a:b][ok] = inside[ok] / total[ok]
+            out[j, a:b][~finite] = np.nan
     return out
 
 
@@ -215,40 +327,34 @@ def relevance_mass_weighted(heatmaps, masks, mass: np.ndarray | None = None) -> 
     return out
 
 
-def relevance_rank(heatmaps, masks) -> np.ndarray:
+def relevance_rank(heatmaps, masks, ranked: Ranked | None = None) -> np.ndarray:
     """(n,) share of the K highest-relevance pixels that lie in the mask, K = mask size.
 
     Pixels are ordered by relevance descending with ties broken by row-major
     position (the order of a stable descending sort of the flattened map): all
     pixels above the K-th largest value are taken, then the earliest (row-major)
     pixels equal to it until K are taken. An empty mask gives 0.0; a full mask 1.0;
-    a map with NaN or +-Inf nan.
+    a map with NaN or +-Inf nan. ``ranked``: :func:`rank_rows` of the same maps.
     """
     n, s = _check_pair(heatmaps, masks)
     out = np.zeros(n, dtype=np.float64)
     for a, b in _blocks(n, s):
-        r = b - a
-        h = np.asarray(heatmaps[a:b]).reshape(r, -1)
-        h = h.astype(_score_dtype(h.dtype), copy=False)
-        m = np.asarray(masks[a:b], dtype=bool).reshape(r, -1)
+        rk = _ranked_block(heatmaps, ranked, a, b)
+        m = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1)
         k = m.sum(axis=1)
+        pixels = m.shape[1]
+        kth = rk.ascending[np.arange(b - a), np.minimum(pixels - k, pixels - 1)]
+        # the sorted row says how many pixels lie above the K-th value and how many tie
+        above = pixels - _search_rows(rk.ascending, kth, "right")
+        tied = pixels - _search_rows(rk.ascending, kth, "left") - above
+        need = k - above  # pixels tied with the K-th value still to take
+        hits = ((rk.keys >= kth[:, None]) & m).sum(axis=1)  # all of them taken
+        for i in np.flatnonzero((tied > need) & (k > 0)):  # give back the later tied ones
+            hits[i] -= m[i][np.flatnonzero(rk.keys[i] == kth[i])[need[i] :]].sum()
         ok = k > 0
-        finite = _finite(h)
-        for i in np.flatnonzero(ok & finite):
-            out[a + i] = _rank_of_row(h[i], m[i], int(k[i]))
-        out[a:b][~finite] = np.nan
+        out[a:b][ok] = hits[ok] / k[ok]
+        out[a:b][~rk.finite] = np.nan
     return out
-
-
-def _rank_of_row(h: np.ndarray, m: np.ndarray, k: int) -> float:
-    """Hits among the top k of one flat row: all above the k-th largest value, then the
-    earliest (row-major) pixels tied with it. O(pixels): a partition, not a sort."""
-    kth = np.partition(h, len(h) - k)[len(h) - k]
-    above = h > kth
-    need = k - int(above.sum())
-    hits = int((above & m).sum())
-    tied = np.flatnonzero(h == kth)
-    return (hits + int(m[tied[:need]].sum())) / k
 
 
 # ------------------------------------------------------------------------- pixel AP
@@ -259,48 +365,37 @@ def _ap_of_row(ascending: np.ndarray, positives: np.ndarray) -> float:
 
     AP = sum over thresholds t of (R(t) - R(t_prev)) * P(t) gives each positive pixel
     the weight 1/npos times the precision at its own score: (positives scoring >= s)
-    / (pixels scoring >= s). Tied pixels share that threshold, as in sklearn.
+    / (pixels scoring >= s). Tied pixels share that threshold, as in sklearn, so the
+    binary search runs once per distinct positive score.
     """
     k = len(positives)
     if k == 0:
         return 0.0
     positives = np.sort(positives)
-    at_least_all = len(ascending) - np.searchsorted(ascending, positives, side="left")
-    at_least_pos = k - np.searchsorted(positives, positives, side="left")
-    return float(np.mean(at_least_pos / at_least_all))
+    first = np.flatnonzero(np.concatenate([[True], positives[1:] != positives[:-1]]))
+    at_least_all = len(ascending) - np.searchsorted(ascending, positives[first], side="left")
+    precision = (k - first) / at_least_all  # at each distinct positive score
+    return float(np.mean(np.repeat(precision, np.diff(first, append=k))))
 
 
-def sorted_rows(heatmaps) -> np.ndarray:
-    """(n, S*S) each map's values ascending (float32 for float16/32 maps).
-
-    :func:`pixel_average_precision` and :func:`heatmap_boxes` both need it; a caller
-    that scores one block with both sorts once and passes it as ``ascending``.
-    """
-    h = np.asarray(heatmaps)
-    h = h.reshape(h.shape[0], -1)
-    return np.sort(h.astype(_score_dtype(h.dtype), copy=False), axis=1)
-
-
-def pixel_average_precision(heatmaps, masks, ascending: np.ndarray | None = None) -> np.ndarray:
+def pixel_average_precision(heatmaps, masks, ranked: Ranked | None = None) -> np.ndarray:
     """(n,) per row, the average precision of ranking pixels by relevance against the mask.
 
     Identical in definition (ties included) to
     ``sklearn.metrics.average_precision_score(mask.ravel(), heatmap.ravel())``: tied
     pixels enter the precision-recall curve together as one threshold. An empty mask
     gives 0.0, as sklearn does; a map with NaN or +-Inf nan. One sort of the map per
-    row, then a binary search per mask pixel (see :func:`_ap_of_row`).
+    row (``ranked``: :func:`rank_rows` of the same maps), then a binary search per
+    distinct score in the mask (see :func:`_ap_of_row`).
     """
     n, s = _check_pair(heatmaps, masks)
     out = np.zeros(n, dtype=np.float64)
     for a, b in _blocks(n, s):
-        r = b - a
-        h = np.asarray(heatmaps[a:b]).reshape(r, -1)
-        h = h.astype(_score_dtype(h.dtype), copy=False)
-        m = np.asarray(masks[a:b], dtype=bool).reshape(r, -1)
-        finite = _finite(h)
-        srt = np.sort(h, axis=1) if ascending is None else ascending[a:b]
-        for i in range(r):
-            out[a + i] = _ap_of_row(srt[i], h[i][m[i]]) if finite[i] else np.nan
+        rk = _ranked_block(heatmaps, ranked, a, b)
+        m = np.asarray(masks[a:b], dtype=bool).reshape(b - a, -1)
+        for i in range(b - a):
+            ap = _ap_of_row(rk.ascending[i], rk.keys[i][m[i]])
+            out[a + i] = ap if rk.finite[i] else np.nan
     return out
 
 
@@ -311,7 +406,7 @@ BOX_RELEVANCE_SHARE = 0.5
 
 
 def heatmap_boxes(
-    heatmaps, share: float = BOX_RELEVANCE_SHARE, ascending: np.ndarray | None = None
+    heatmaps, share: float = BOX_RELEVANCE_SHARE, ranked: Ranked | None = None
 ) -> np.ndarray:
     """(n, 4) float64: one box per heatmap for box AP, in half-open pixel coordinates.
 
@@ -324,24 +419,24 @@ def heatmap_boxes(
 
     Why not "pixels above a fraction of the maximum": LRP maps are spiky, so the
     maximum is often one pixel and such a box covers a speck, not the object.
+    ``ranked``: :func:`rank_rows` of the same maps when the caller has it.
     """
     n, s = heatmaps.shape[0], heatmaps.shape[1]
     out = np.zeros((n, 4), dtype=np.float64)
     out[:, 2:] = s
     for a, b in _blocks(n, s):
         r = b - a
-        h = np.asarray(heatmaps[a:b])
-        positive = np.maximum(h.astype(_score_dtype(h.dtype), copy=False), 0).reshape(r, -1)
-        if ascending is None:
-            ranked = np.sort(positive, axis=1)[:, ::-1]
-        else:  # clipping at 0 keeps the order: the sorted map, clipped
-            ranked = np.maximum(ascending[a:b, ::-1], 0)
-        held = np.cumsum(ranked.astype(np.float64), axis=1)  # 3x faster than dtype=
-        total = held[:, -1]
+        rk = _ranked_block(heatmaps, ranked, a, b)
+        descending = rk.ascending[:, ::-1]
+        if descending.dtype == np.uint16:  # R+ is 0 past the positive keys: leave them
+            head = max(1, _positive_count(rk))
+            ranked_positive = _positive_values(descending[:, :head])
+        else:
+            ranked_positive = np.maximum(descending, 0).astype(np.float64)
+        total, last = _cut(ranked_positive, share, exact_sums=descending.dtype == np.uint16)
         has = total > 0
-        last = np.argmax(held >= (share * total)[:, None], axis=1)
-        threshold = ranked[np.arange(r), last]
-        selected = (positive >= threshold[:, None]) & (positive > 0)
+        # the last pixel taken has R+ > 0 where `has`, so ">= its key" keeps R+ > 0 only
+        selected = rk.keys >= descending[np.arange(r), last][:, None]
         selected = selected.reshape(r, s, s)
         ys = selected.any(axis=2)
         xs = selected.any(axis=1)
@@ -355,8 +450,41 @@ def heatmap_boxes(
             axis=1,
         )
         out[a:b][has] = box[has]
-        out[a:b][~_finite(h.reshape(r, -1))] = np.nan
+        out[a:b][~rk.finite] = np.nan
     return out
+
+
+def _cut(ranked: np.ndarray, share: float, exact_sums: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of R+ sorted descending: its total (summed left to right) and the first
+    j where the running sum reaches ``share`` of the total.
+
+    With ``exact_sums`` (float16 values, all multiples of 2**-24) and a total below
+    2**28, every partial sum is exact in float64, so any summation order gives the
+    left-to-right numbers: such rows find the cut from sums of 64-pixel chunks, then
+    a running sum inside the one chunk where it lies. Other rows (float32 maps, huge
+    totals) take the running sum of the whole row.
+    """
+    r, p = ranked.shape
+    total = np.zeros(r)
+    last = np.zeros(r, dtype=np.int64)
+    quick = np.zeros(r, dtype=bool)
+    if exact_sums and p:
+        chunk = 64
+        held = np.cumsum(np.add.reduceat(ranked, np.arange(0, p, chunk), axis=1), axis=1)
+        total = held[:, -1].copy()
+        quick = total < 2.0**28
+        target = share * total
+        j = np.argmax(held >= target[:, None], axis=1)  # the chunk holding the cut
+        before = np.where(j > 0, held[np.arange(r), np.maximum(j - 1, 0)], 0.0)
+        cols = j[:, None] * chunk + np.arange(chunk)
+        inside = np.where(cols < p, np.take_along_axis(ranked, np.minimum(cols, p - 1), 1), 0)
+        running = before[:, None] + np.cumsum(inside, axis=1)
+        last = j * chunk + np.argmax(running >= target[:, None], axis=1)
+    for i in np.flatnonzero(~quick):
+        running = np.cumsum(ranked[i])
+        total[i] = running[-1]
+        last[i] = np.argmax(running >= share * running[-1])
+    return total, last
 
 
 def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:

@@ -261,11 +261,11 @@ def test_a_shared_sort_gives_the_same_pixel_ap_and_boxes():
     heatmaps[4] = -np.abs(heatmaps[4])  # no positive relevance
     heatmaps[5, 1, 1] = np.nan
     masks = M.box_masks(_random_boxes(rng, 12), S)
-    ascending = M.sorted_rows(heatmaps)
+    ranked = M.rank_rows(heatmaps)
     np.testing.assert_array_equal(
-        M.pixel_average_precision(heatmaps, masks, ascending),
+        M.pixel_average_precision(heatmaps, masks, ranked),
         M.pixel_average_precision(heatmaps, masks),
     )
     np.testing.assert_array_equal(
-        M.heatmap_boxes(heatmaps, ascending=ascending), M.heatmap_boxes(heatmaps)
+        M.heatmap_boxes(heatmaps, ranked=ranked), M.heatmap_boxes(heatmaps)
     )
