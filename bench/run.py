@@ -42,7 +42,7 @@ STD = (0.229, 0.224, 0.225)
 DEFAULTS = {
     "archs": "vgg16,resnet50",
     "composites": "EpsilonPlusFlat,EpsilonAlpha2Beta1Flat,EpsilonGammaBox",
-    "batch": 4,
+    "batch": 8,
     "size": 224,
     "repeats": 2,
 }
