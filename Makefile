@@ -30,8 +30,12 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check heatjob tests bench scripts
 
+# Engine vs zennit vs plain forward+backward, then the whole job vs a plain zennit loop; JSON into
+# bench/results/, then the README tables printed from it.
 bench: install
 	$(PY) bench/run.py --out bench/results
+	$(PY) bench/job.py --out bench/results
+	$(PY) bench/table.py bench/results
 
 # Each job: submit (resumes a partial store), then merge with a JSON report beside the store.
 precompute: install

@@ -19,6 +19,7 @@ from heatjob.errors import SpecError
 DATASET_KINDS = ("voc", "imagefolder", "synthetic")
 STORE_DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("float32", "bfloat16", "float16")  # the dtype the LRP pass runs in
 _PREDICTED = re.compile(r"^predicted:(\d+)$")
 
 
@@ -67,6 +68,7 @@ class RunSpec:
     workers: int = 0  # 0 = one per GPU, or one per 2 CPUs when there is none
     shard_size: int = 64  # heatmap rows per Zarr shard, which is also the unit of work
     device: str = "auto"
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,11 @@ def _check_values(spec: JobSpec) -> None:
         fail("[run] shard_size", f"must be positive, got {run.shard_size}")
     if run.device not in DEVICES:
         fail("[run] device", f"must be one of {', '.join(DEVICES)}, got {run.device!r}")
+    if run.precision not in PRECISIONS:
+        fail(
+            "[run] precision",
+            f"must be one of {', '.join(PRECISIONS)}, got {run.precision!r}",
+        )
 
 
 def with_overrides(spec: JobSpec, **changes: dict[str, Any]) -> JobSpec:

@@ -67,7 +67,11 @@ class UnitWorker:
         m = self.spec.model
         self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
         self.explainers = explainers_for(
-            self.model, self.spec.attribution.composites, mean=m.mean, std=m.std
+            self.model,
+            self.spec.attribution.composites,
+            mean=m.mean,
+            std=m.std,
+            precision=self.spec.run.precision,
         )
 
     def _inputs(self, samples: list[int]) -> torch.Tensor:
