@@ -13,16 +13,20 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from heatjob.lrp.canonizers import (
+    ACTIVATIONS,
     ADD_FUNCTIONS,
     AFFINE_LAYERS,
     BATCH_NORMS,
+    MUL_FUNCTIONS,
     RELU_FUNCTIONS,
     RELU_METHODS,
     canonize,
     check_supported,
+    gate_operand,
     trace,
 )
 from heatjob.lrp.composites import Composite, get_composite
@@ -154,6 +158,47 @@ def residual_sum(a: Tensor, b: Tensor) -> Tensor:
     return _SumFunction.apply(a, b)
 
 
+class _GateFunction(torch.autograd.Function):
+    """features * gate (squeeze-excitation): for a fixed gate the product is linear in the
+    features, so all relevance goes to them and none to the gate's branch."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, gate: Tensor) -> Tensor:
+        ctx.gate_shape = gate.shape
+        return features * gate
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor, Tensor]:
+        return r, r.new_zeros(ctx.gate_shape)
+
+
+def gate_times_features(gate: object, features: Tensor) -> Tensor:
+    """gate * features, the gate a sigmoid's output (squeeze-excitation) or a constant: all
+    relevance goes to the features."""
+    if not isinstance(gate, Tensor):
+        return _PassFunction.apply(features, lambda t: gate * t)
+    return _GateFunction.apply(features, gate)
+
+
+def features_times_gate(features: Tensor, gate: object) -> Tensor:
+    """features * gate; see gate_times_features."""
+    return gate_times_features(gate, features)
+
+
+def avg_pool2d_proportional(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+    return _ProportionalFunction.apply(lambda t: F.avg_pool2d(t, *args, **kwargs), x)
+
+
+def adaptive_avg_pool2d_proportional(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+    return _ProportionalFunction.apply(lambda t: F.adaptive_avg_pool2d(t, *args, **kwargs), x)
+
+
+_POOL_REPLACEMENTS = {
+    F.avg_pool2d: avg_pool2d_proportional,
+    F.adaptive_avg_pool2d: adaptive_avg_pool2d_proportional,
+}
+
+
 def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
     parent_name, _, attr = target.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -189,7 +234,7 @@ def attach_rules(
                 if isinstance(rule, ZBox) and rule.low is None:
                     rule = rule.with_bounds(low, high)
                 wrapped = RuleLayer(rule.bind(module, shared), f"{target}: {rule.describe()}")
-            elif isinstance(module, (nn.ReLU, *BATCH_NORMS)):
+            elif isinstance(module, (nn.ReLU, *ACTIVATIONS, *BATCH_NORMS)):
                 wrapped = PassLayer(module)
             elif isinstance(module, PROPORTIONAL_MODULES):
                 wrapped = ProportionalLayer(module)
@@ -200,6 +245,11 @@ def attach_rules(
             node.target = relu_pass
         elif node.op == "call_function" and node.target in ADD_FUNCTIONS:
             node.target = residual_sum
+        elif node.op == "call_function" and node.target in MUL_FUNCTIONS:
+            first_is_gate = gate_operand(gm, node) == 0
+            node.target = gate_times_features if first_is_gate else features_times_gate
+        elif node.op == "call_function" and node.target in _POOL_REPLACEMENTS:
+            node.target = _POOL_REPLACEMENTS[node.target]
         elif node.op == "call_method" and node.target in RELU_METHODS:
             node.op, node.target = "call_function", relu_pass
     gm.recompile()
