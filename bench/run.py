@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import math
 import os
@@ -109,7 +110,10 @@ def start_peak(device: torch.device) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**20
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+        # Freed memory back to the OS first, or a method reusing another's freed heap would
+        # show no growth; then Linux's VmHWM := VmRSS.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return math.nan
     return _status_kb("VmRSS") / 1024
