@@ -69,9 +69,7 @@ class UnitWorker:
         self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
         if self.spec.run.precision == "float16" and self.device.type == "cpu":
             # measured: ~50x slower than float32 on CPU convolutions, and it overflows
-            raise SpecError(
-                "[run] precision float16 needs a GPU; on CPU use bfloat16 or float32"
-            )
+            raise SpecError("[run] precision float16 needs a GPU; on CPU use bfloat16 or float32")
         self.explainers = explainers_for(
             self.model,
             self.spec.attribution.composites,

@@ -23,9 +23,9 @@ def test_bfloat16_heatmaps_are_close_to_float32(model):
     x, targets = torch.randn(2, 3, 32, 32), torch.tensor([1, 4])
     for composite in ("EpsilonGammaBox", "cmp-a2b1-flat"):
         reference, ref_logits = Explainer(model, composite).explain(x, targets)
-        ours, logits = explainers_for(model, [composite], precision="bfloat16")[
-            composite
-        ].explain(x, targets)
+        ours, logits = explainers_for(model, [composite], precision="bfloat16")[composite].explain(
+            x, targets
+        )
         assert ours.dtype == torch.float32 and logits.dtype == torch.float32
         assert torch.isfinite(ours).all()
         assert not torch.equal(ours, reference)  # it really ran in bfloat16

@@ -33,7 +33,9 @@ def images() -> torch.Tensor:
 
 
 def one_per_pass(explainer, x, images, targets):
-    return torch.cat([explainer.explain(x[i : i + 1], [t])[0] for i, t in zip(images, targets)])
+    return torch.cat(
+        [explainer.explain(x[i : i + 1], [t])[0] for i, t in zip(images, targets, strict=True)]
+    )
 
 
 def test_rounds_put_each_image_once_per_backward_pass():
