@@ -21,6 +21,7 @@ DATASET_KINDS = ("voc", "imagefolder", "synthetic")
 STORE_DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_IMAGE_SIZE = 4096  # a float32 heatmap row is then 64 MiB; larger is a typo
+PRECISIONS = ("float32", "bfloat16", "float16")  # the dtype the LRP pass runs in
 _PREDICTED = re.compile(r"^predicted:(\d+)$")
 
 
@@ -71,6 +72,7 @@ class RunSpec:
     shard_size: int = 64  # heatmap rows per Zarr shard, which is also the unit of work
     device: str = "auto"
     num_gpus: float = 0.0  # GPUs per worker (fractional shares one); 0 = automatic
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,11 @@ def _check_values(spec: JobSpec) -> None:
         fail("[run] num_gpus", f"must be 0 (automatic) or positive, got {run.num_gpus}")
     if run.device not in DEVICES:
         fail("[run] device", f"must be one of {', '.join(DEVICES)}, got {run.device!r}")
+    if run.precision not in PRECISIONS:
+        fail(
+            "[run] precision",
+            f"must be one of {', '.join(PRECISIONS)}, got {run.precision!r}",
+        )
 
 
 def with_overrides(spec: JobSpec, **changes: dict[str, Any]) -> JobSpec:

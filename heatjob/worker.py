@@ -17,8 +17,8 @@ import torch
 
 from heatjob.data import open_dataset
 from heatjob.data.preprocess import to_input
-from heatjob.errors import DataError
-from heatjob.lrp import explainers_for
+from heatjob.errors import DataError, SpecError
+from heatjob.lrp import Explainer, explainers_for
 from heatjob.models import build_model
 from heatjob.plan import PENDING_TARGET, Unit
 from heatjob.prefetch import prefetch
@@ -76,8 +76,15 @@ class UnitWorker:
         self.dataset = open_job_dataset(self.spec)
         m = self.spec.model
         self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
+        if self.spec.run.precision == "float16" and self.device.type == "cpu":
+            # measured: ~50x slower than float32 on CPU convolutions, and it overflows
+            raise SpecError("[run] precision float16 needs a GPU; on CPU use bfloat16 or float32")
         self.explainers = explainers_for(
-            self.model, self.spec.attribution.composites, mean=m.mean, std=m.std
+            self.model,
+            self.spec.attribution.composites,
+            mean=m.mean,
+            std=m.std,
+            precision=self.spec.run.precision,
         )
 
     def _load(self, samples: list[int]) -> tuple[torch.Tensor, dict[int, str]]:
@@ -127,15 +134,10 @@ class UnitWorker:
             targets = predicted_targets(rows_sample, logits)
             chosen = targets
 
-        heatmaps = {}
-        for name, explainer in self.explainers.items():
-            maps = []
-            for i in range(0, len(targets), batch_size):
-                x = torch.stack([inputs[s] for s in rows_sample[i : i + batch_size]])
-                t = torch.as_tensor(targets[i : i + batch_size], dtype=torch.long, device=x.device)
-                relevance, _ = explainer.explain(x, t)
-                maps.append(relevance.float().cpu().numpy())
-            heatmaps[name] = np.concatenate(maps)
+        heatmaps = {
+            name: explain_unit(explainer, inputs, rows_sample, targets, batch_size)
+            for name, explainer in self.explainers.items()
+        }
         failed_rows = np.isin(rows_sample, list(failures))
         for maps in heatmaps.values():
             maps[failed_rows] = np.nan
@@ -172,6 +174,35 @@ def _test_hold(unit: Unit) -> None:
     except FileExistsError:
         return
     time.sleep(120)
+def explain_unit(
+    explainer: Explainer,
+    inputs: dict[int, torch.Tensor],
+    rows_sample: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+) -> np.ndarray:
+    """Heatmaps (rows, S, S) float32 of one unit's rows under one composite.
+
+    `batch_size` images per forward pass; all rows of those images (every label, predicted:K,
+    all) share it, one backward pass per target (Explainer.explain_rows).
+    """
+    samples = list(dict.fromkeys(rows_sample.tolist()))  # rows are ordered by sample
+    out = None
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        position = {sample: j for j, sample in enumerate(chunk)}
+        rows = np.flatnonzero(np.isin(rows_sample, chunk))
+        x = torch.stack([inputs[s] for s in chunk])
+        images = [position[s] for s in rows_sample[rows].tolist()]
+        relevance, _ = explainer.explain_rows(x, images, targets[rows].astype(np.int64))
+        maps = relevance.cpu().numpy()
+        if out is None:
+            out = np.empty((len(rows_sample), *maps.shape[1:]), dtype=np.float32)
+        out[rows] = maps
+    if out is None:  # no rows
+        size = next(iter(inputs.values())).shape[-2:] if inputs else (0, 0)
+        out = np.zeros((0, *size), dtype=np.float32)
+    return out
 
 
 def predicted_targets(rows_sample: np.ndarray, logits: dict[int, np.ndarray]) -> np.ndarray:

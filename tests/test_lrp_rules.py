@@ -149,6 +149,31 @@ def test_rule_matches_formula(layer, shape, rule, formula):
 
 
 @pytest.mark.parametrize(("layer", "shape"), LAYERS, ids=LAYER_IDS)
+@pytest.mark.parametrize(
+    ("rule", "formula"),
+    [
+        (Epsilon(0.1), lambda x, W, b, c, R: ref_epsilon(x, W, b, R, 0.1)),
+        (AlphaBeta(1, 0), lambda x, W, b, c, R: ref_alpha_beta(x, W, b, R, 1, 0)),
+        (AlphaBeta(2, 1), lambda x, W, b, c, R: ref_alpha_beta(x, W, b, R, 2, 1)),
+        (Gamma(0.25), lambda x, W, b, c, R: ref_gamma(x, W, b, R, 0.25)),
+    ],
+    ids=["epsilon", "alpha1beta0", "alpha2beta1", "gamma"],
+)
+def test_rule_matches_formula_behind_relu(layer, shape, rule, formula):
+    """Inputs >= 0 (with exact zeros) take the rules' short path: z- = z - z+, no x- terms,
+    gamma's z < 0 half only where relevance reaches it."""
+    torch.manual_seed(7)
+    x = torch.relu(torch.randn(shape))
+    assert (x == 0).any() and x.min() >= 0
+    R = torch.randn(layer(x).shape)
+    assert_close(run_rule(rule, layer, x, R), per_sample(layer, shape, x, R, formula))
+    if isinstance(rule, Gamma):  # no relevance on outputs z < 0: the skipped half
+        R_up = R * (layer(x) > 0)
+        ref = per_sample(layer, shape, x, R_up, formula)
+        assert_close(run_rule(rule, layer, x, R_up), ref)
+
+
+@pytest.mark.parametrize(("layer", "shape"), LAYERS, ids=LAYER_IDS)
 def test_zbox_matches_formula(layer, shape):
     torch.manual_seed(2)
     channels = shape[1] if len(shape) == 4 else 2  # a Linear's 6 inputs: 2 "channels" of 3

@@ -39,7 +39,9 @@ ZENNIT = {
     "EpsilonGammaBox": lambda canonizers: EpsilonGammaBox(LOW, HIGH, canonizers=canonizers),
 }
 MODELS = ["vgg11", "vgg11_bn", "resnet18"]
-STRICT = 1e-6  # measured: 0 (bit-identical) on CPU
+# float32 round-off: the engine groups sums differently from zennit (z- = z - z+ behind a ReLU,
+# gamma denominators from one conv); measured up to ~2e-6 of the heatmap maximum on CPU.
+STRICT = 1e-5
 
 
 def randomize(model: nn.Module) -> nn.Module:

@@ -17,28 +17,44 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torchvision.ops import StochasticDepth
 
 from heatjob.errors import UnsupportedModelError
 from heatjob.lrp.rules import conv_padding
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 AFFINE_LAYERS = (nn.Conv2d, nn.Linear)
+# Activations other than ReLU pass relevance through unchanged, as zennit's composites do.
+ACTIVATIONS = (nn.ReLU6, nn.Hardswish, nn.SiLU, nn.Sigmoid, nn.Hardsigmoid)
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
     nn.Linear,
     nn.ReLU,
+    *ACTIVATIONS,
     nn.MaxPool2d,
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.Flatten,
     nn.Dropout,
     nn.Identity,
+    StochasticDepth,  # the identity in eval mode (EfficientNet)
     *BATCH_NORMS,
 )
 RELU_FUNCTIONS: tuple[Callable, ...] = (F.relu, torch.relu)
 ADD_FUNCTIONS: tuple[Callable, ...] = (operator.add, operator.iadd, torch.add)
-# Shape-only operations: their gradient moves relevance without changing it.
-SHAPE_FUNCTIONS: tuple[Callable, ...] = (torch.flatten,)
+# Products: a squeeze-excitation gate times the features (relevance goes to the features only).
+MUL_FUNCTIONS: tuple[Callable, ...] = (operator.mul, torch.mul)
+# Functional average pooling: the proportional rule, like the AvgPool modules.
+POOL_FUNCTIONS: tuple[Callable, ...] = (F.avg_pool2d, F.adaptive_avg_pool2d)
+# Operations whose gradient is their LRP rule: shape changes and concatenation move relevance
+# without changing it, max pooling gives it to the winner, dropout is the identity in eval mode.
+SHAPE_FUNCTIONS: tuple[Callable, ...] = (
+    torch.flatten,
+    torch.cat,
+    F.max_pool2d,
+    torch.max_pool2d,
+    F.dropout,
+)
 SHAPE_METHODS = frozenset({"view", "reshape", "flatten", "contiguous", "size"})
 RELU_METHODS = frozenset({"relu"})
 _SIZE_SOURCES = frozenset({"size", "shape"})
@@ -81,7 +97,8 @@ def _unsupported(path: str, kind: str, why: str) -> UnsupportedModelError:
     supported = ", ".join(t.__name__ for t in SUPPORTED_MODULES)
     return UnsupportedModelError(
         f"cannot explain layer '{path}' ({kind}): {why}; supported layers: {supported}, "
-        "ReLU/flatten/view functions and residual additions of two tensors"
+        "ReLU/flatten/view/cat/pooling functions, residual additions of two tensors and "
+        "gate x feature products (squeeze-excitation)"
     )
 
 
@@ -97,6 +114,27 @@ def _check_module(path: str, module: nn.Module) -> None:
         module.running_mean is None or module.running_var is None
     ):
         raise _unsupported(path, kind, "batch norm without running statistics cannot be folded")
+
+
+GATES = (nn.Sigmoid, nn.Hardsigmoid)
+GATE_FUNCTIONS: tuple[Callable, ...] = (torch.sigmoid, F.sigmoid, F.hardsigmoid)
+
+
+def _is_gate(gm: fx.GraphModule, arg: object) -> bool:
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_module":
+        return isinstance(gm.get_submodule(str(arg.target)), GATES)
+    return arg.op == "call_function" and arg.target in GATE_FUNCTIONS
+
+
+def gate_operand(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """For a product a * b: which operand (0 or 1) is the gate, i.e. a sigmoid's output or a
+    constant; None if neither is."""
+    for index, arg in enumerate(node.args[:2]):
+        if not isinstance(arg, fx.Node) or _is_gate(gm, arg):
+            return index
+    return None
 
 
 def _is_size_source(arg: object) -> bool:
@@ -123,6 +161,16 @@ def _check_node(gm: fx.GraphModule, node: fx.Node) -> None:
             if len(node.args) == 2 and len(tensors) == 2 and not node.kwargs:
                 return
             raise _unsupported(path, _function_name(target), "only a sum of two tensors has a rule")
+        if target in MUL_FUNCTIONS:
+            if len(node.args) == 2 and not node.kwargs and gate_operand(gm, node) is not None:
+                return
+            raise _unsupported(
+                path,
+                _function_name(target),
+                "only a constant or a sigmoid gate (squeeze-excitation) times features has a rule",
+            )
+        if target in POOL_FUNCTIONS:
+            return
         if target is getattr and node.args[1] in _SIZE_SOURCES:
             return
         if target is operator.getitem and _is_size_source(node.args[0]):
@@ -133,6 +181,11 @@ def _check_node(gm: fx.GraphModule, node: fx.Node) -> None:
             return
         raise _unsupported(path, f"Tensor.{node.target}", "no LRP rule for this operation")
     raise _unsupported(path, f"{node.op} {node.target}", "tensors used directly, not via a layer")
+
+
+def module_path(node: fx.Node) -> str:
+    """The model path of the layer a function node belongs to (for error messages)."""
+    return _module_path(node)
 
 
 def check_supported(gm: fx.GraphModule) -> None:

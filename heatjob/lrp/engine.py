@@ -13,20 +13,30 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from heatjob.lrp.canonizers import (
+    ACTIVATIONS,
     ADD_FUNCTIONS,
     AFFINE_LAYERS,
     BATCH_NORMS,
+    MUL_FUNCTIONS,
     RELU_FUNCTIONS,
     RELU_METHODS,
     canonize,
     check_supported,
+    gate_operand,
     trace,
 )
 from heatjob.lrp.composites import Composite, get_composite
-from heatjob.lrp.rules import BoundRule, ZBox, norm_relevance
+from heatjob.lrp.rules import (
+    STABILIZER,
+    BoundRule,
+    ZBox,
+    norm_relevance,
+    stabilize,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,13 +48,13 @@ class _RuleFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, bound: BoundRule) -> Tensor:
         z = bound.forward(x)
         ctx.bound = bound
-        ctx.save_for_backward(x, z)
+        # Computed once per forward pass and reused by every backward pass (target) after it.
+        ctx.saved = bound.save(x, z)
         return z
 
     @staticmethod
     def backward(ctx, r: Tensor) -> tuple[Tensor, None]:
-        x, z = ctx.saved_tensors
-        return ctx.bound.relevance(x, z, r), None
+        return ctx.bound.propagate(ctx.saved, r), None
 
 
 class _PassFunction(torch.autograd.Function):
@@ -60,13 +70,39 @@ class _PassFunction(torch.autograd.Function):
 class _ProportionalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+        y = fn(*inputs)
         ctx.fn = fn
-        ctx.save_for_backward(*inputs)
-        return fn(*inputs)
+        ctx.inputs = inputs
+        ctx.denominator = stabilize(y, STABILIZER)
+        return y
 
     @staticmethod
     def backward(ctx, r: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, *norm_relevance(ctx.fn, ctx.saved_tensors, r))
+        return (None, *norm_relevance(ctx.fn, ctx.inputs, r, ctx.denominator))
+
+
+class _SumFunction(torch.autograd.Function):
+    """a + b: each gets x * R / (a + b), the proportional rule written out (no autograd call)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        y = a + b
+        ctx.inputs = (a, b)
+        ctx.denominator = stabilize(y, STABILIZER)
+        return y
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = ctx.inputs
+        g = r / ctx.denominator
+        return _unbroadcast(a * g, a.shape), _unbroadcast(b * g, b.shape)
+
+
+def _unbroadcast(t: Tensor, shape: torch.Size) -> Tensor:
+    while t.ndim > len(shape):
+        t = t.sum(0)
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and t.shape[i] != 1)
+    return t.sum(dims, keepdim=True) if dims else t
 
 
 class RuleLayer(nn.Module):
@@ -119,7 +155,48 @@ def relu_pass(x: Tensor, *args: object, **kwargs: object) -> Tensor:
 
 def residual_sum(a: Tensor, b: Tensor) -> Tensor:
     """a + b whose backward splits relevance between a and b in proportion to their values."""
-    return _ProportionalFunction.apply(torch.add, a, b)
+    return _SumFunction.apply(a, b)
+
+
+class _GateFunction(torch.autograd.Function):
+    """features * gate (squeeze-excitation): for a fixed gate the product is linear in the
+    features, so all relevance goes to them and none to the gate's branch."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, gate: Tensor) -> Tensor:
+        ctx.gate_shape = gate.shape
+        return features * gate
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor, Tensor]:
+        return r, r.new_zeros(ctx.gate_shape)
+
+
+def gate_times_features(gate: object, features: Tensor) -> Tensor:
+    """gate * features, the gate a sigmoid's output (squeeze-excitation) or a constant: all
+    relevance goes to the features."""
+    if not isinstance(gate, Tensor):
+        return _PassFunction.apply(features, lambda t: gate * t)
+    return _GateFunction.apply(features, gate)
+
+
+def features_times_gate(features: Tensor, gate: object) -> Tensor:
+    """features * gate; see gate_times_features."""
+    return gate_times_features(gate, features)
+
+
+def avg_pool2d_proportional(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+    return _ProportionalFunction.apply(lambda t: F.avg_pool2d(t, *args, **kwargs), x)
+
+
+def adaptive_avg_pool2d_proportional(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+    return _ProportionalFunction.apply(lambda t: F.adaptive_avg_pool2d(t, *args, **kwargs), x)
+
+
+_POOL_REPLACEMENTS = {
+    F.avg_pool2d: avg_pool2d_proportional,
+    F.adaptive_avg_pool2d: adaptive_avg_pool2d_proportional,
+}
 
 
 def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
@@ -136,9 +213,15 @@ def _first_layer(gm: fx.GraphModule, types: tuple[type[nn.Module], ...]) -> str 
 
 
 def attach_rules(
-    gm: fx.GraphModule, composite: Composite, low: Tensor, high: Tensor
+    gm: fx.GraphModule,
+    composite: Composite,
+    low: Tensor,
+    high: Tensor,
+    shared: dict | None = None,
 ) -> fx.GraphModule:
-    """Swap every layer of a canonized graph for its LRP counterpart, in place."""
+    """Swap every layer of a canonized graph for its LRP counterpart, in place. `shared`: a dict
+    for weight-derived tensors (w+, w-, ...) that composites on the same weights share."""
+    shared = {} if shared is None else shared
     first = _first_layer(gm, composite.first_types)
     done: set[str] = set()
     for node in gm.graph.nodes:
@@ -150,8 +233,8 @@ def attach_rules(
                 rule = composite.rule_for(module, is_first=target == first)
                 if isinstance(rule, ZBox) and rule.low is None:
                     rule = rule.with_bounds(low, high)
-                wrapped = RuleLayer(rule.bind(module), f"{target}: {rule.describe()}")
-            elif isinstance(module, (nn.ReLU, *BATCH_NORMS)):
+                wrapped = RuleLayer(rule.bind(module, shared), f"{target}: {rule.describe()}")
+            elif isinstance(module, (nn.ReLU, *ACTIVATIONS, *BATCH_NORMS)):
                 wrapped = PassLayer(module)
             elif isinstance(module, PROPORTIONAL_MODULES):
                 wrapped = ProportionalLayer(module)
@@ -162,6 +245,11 @@ def attach_rules(
             node.target = relu_pass
         elif node.op == "call_function" and node.target in ADD_FUNCTIONS:
             node.target = residual_sum
+        elif node.op == "call_function" and node.target in MUL_FUNCTIONS:
+            first_is_gate = gate_operand(gm, node) == 0
+            node.target = gate_times_features if first_is_gate else features_times_gate
+        elif node.op == "call_function" and node.target in _POOL_REPLACEMENTS:
+            node.target = _POOL_REPLACEMENTS[node.target]
         elif node.op == "call_method" and node.target in RELU_METHODS:
             node.op, node.target = "call_function", relu_pass
     gm.recompile()
@@ -180,24 +268,39 @@ def _copy_sharing_tensors(gm: fx.GraphModule) -> fx.GraphModule:
     return copy.deepcopy(gm, memo)
 
 
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def explainers_for(
     model: nn.Module,
     composites: Iterable[str],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    precision: str = "float32",
 ) -> dict[str, Explainer]:
-    """One Explainer per composite, all sharing one canonized copy of the model's weights.
+    """One Explainer per composite, all sharing one canonized copy of the model's weights and
+    one copy of each rule's modified weights (w+, w-: alpha-beta, gamma and z^B share them).
 
     A worker explaining ten composites of VGG16 would otherwise hold ten 0.5 GB copies.
     """
     canonical: dict[bool, fx.GraphModule] = {}
+    shared: dict = {}
     explainers = {}
     for name in composites:
         zennit = get_composite(name).zennit_compatible
         if zennit not in canonical:
-            canonical[zennit] = canonize(model, zennit_leftovers=zennit)
-        explainers[name] = Explainer(model, name, mean, std, canonical=canonical[zennit])
+            canonical[zennit] = _canonize(model, zennit, precision)
+        explainers[name] = Explainer(
+            model, name, mean, std, canonical=canonical[zennit], precision=precision, shared=shared
+        )
     return explainers
+
+
+def _canonize(model: nn.Module, zennit: bool, precision: str) -> fx.GraphModule:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    # Batch norm is folded in float32 first, then the folded weights are rounded once.
+    return canonize(model, zennit_leftovers=zennit).to(PRECISIONS[precision])
 
 
 class Explainer:
@@ -205,7 +308,8 @@ class Explainer:
 
     `model` is left untouched: the engine works on a canonized deep copy (batch norm folded, eval
     mode). `mean`/`std` are the input normalisation; they set the z^B box bounds to the normalised
-    images of pixel values 0 and 1, per channel.
+    images of pixel values 0 and 1, per channel. `precision` ("float32", "bfloat16", "float16") is
+    the dtype the weights and the whole pass run in; heatmaps and logits come back as float32.
     """
 
     def __init__(
@@ -215,18 +319,22 @@ class Explainer:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         canonical: fx.GraphModule | None = None,
+        precision: str = "float32",
+        shared: dict | None = None,
     ) -> None:
-        """`canonical`: a `canonize(model, ...)` result to reuse (see `explainers_for`)."""
+        """`canonical`: a `canonize(model, ...)` result in `precision` to reuse, `shared`: a dict
+        of modified weights to share (both from `explainers_for`)."""
         self.composite = get_composite(composite)
         mean_t = torch.tensor(mean, dtype=torch.float32)
         std_t = torch.tensor(std, dtype=torch.float32)
         self.low = (0 - mean_t) / std_t
         self.high = (1 - mean_t) / std_t
         if canonical is None:
-            gm = canonize(model, zennit_leftovers=self.composite.zennit_compatible)
+            gm = _canonize(model, self.composite.zennit_compatible, precision)
         else:
             gm = _copy_sharing_tensors(canonical)
-        self.model = attach_rules(gm, self.composite, self.low, self.high)
+        self.dtype = PRECISIONS[precision]
+        self.model = attach_rules(gm, self.composite, self.low, self.high, shared)
 
     def explain(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Heatmaps (n, H, W) for target class targets[i] of image x[i], and the logits (n, C).
@@ -234,16 +342,56 @@ class Explainer:
         The target logit's value is the relevance put on the output (zero on other classes); the
         heatmap is the input relevance summed over colour channels.
         """
-        if x.ndim != 4:
-            raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
         targets = torch.as_tensor(targets, device=x.device).long()
         if targets.shape != (x.shape[0],):
             raise ValueError(f"expected {x.shape[0]} targets, got shape {tuple(targets.shape)}")
-        x = x.detach().requires_grad_(True)
+        return self.explain_rows(x, torch.arange(x.shape[0], device=x.device), targets)
+
+    def explain_rows(self, x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Heatmaps (m, H, W), row k explaining class targets[k] of image x[images[k]], from one
+        forward pass over x; and the logits (n, C).
+
+        Several targets of one image (labels, predicted:K, all) share the forward pass: each
+        backward pass takes at most one row per image, so an image with K rows costs K backward
+        passes and the batch max(K) in all, against K forward+backward passes one target at a time.
+        """
+        if x.ndim != 4:
+            raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
+        images = torch.as_tensor(images, device=x.device).long()
+        targets = torch.as_tensor(targets, device=x.device).long()
+        if images.ndim != 1 or images.shape != targets.shape:
+            raise ValueError(
+                f"images and targets must be two equal 1-d index lists, got shapes "
+                f"{tuple(images.shape)} and {tuple(targets.shape)}"
+            )
+        if len(images) and (images.min() < 0 or images.max() >= x.shape[0]):
+            raise ValueError(f"image indices must lie in [0, {x.shape[0]})")
+        rounds = _rounds(images.tolist())
+        x = x.detach().to(self.dtype).requires_grad_(True)
+        heatmaps = torch.empty(len(images), *x.shape[2:], device=x.device)
         with torch.enable_grad():
             logits = self.model(x)
-            rows = torch.arange(x.shape[0], device=x.device)
-            seed = torch.zeros_like(logits)
-            seed[rows, targets] = logits.detach()[rows, targets]
-            (relevance,) = torch.autograd.grad(logits, x, seed)
-        return relevance.sum(dim=1), logits.detach()
+            values = logits.detach()
+            for k, rows in enumerate(rounds):
+                rows_t = torch.as_tensor(rows, device=x.device)
+                seed = torch.zeros_like(logits)
+                image, target = images[rows_t], targets[rows_t]
+                seed[image, target] = values[image, target]
+                last = k == len(rounds) - 1
+                (relevance,) = torch.autograd.grad(logits, x, seed, retain_graph=not last)
+                heatmaps[rows_t] = relevance[image].float().sum(dim=1)
+        return heatmaps, values.float()
+
+
+def _rounds(images: list[int]) -> list[list[int]]:
+    """Row positions grouped so that no image appears twice in a group (the k-th row of each image
+    goes to group k): one backward pass per group."""
+    rounds: list[list[int]] = []
+    seen: dict[int, int] = {}
+    for row, image in enumerate(images):
+        k = seen.get(image, 0)
+        seen[image] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(row)
+    return rounds

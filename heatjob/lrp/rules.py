@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,13 @@ def number(value: float) -> str:
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """z + epsilon * sign(z), with sign(0) = +1 so that no denominator is zero."""
-    sign = (z >= 0).to(z.dtype) * 2 - 1
-    return z + sign * epsilon
+    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+
+
+def scaled(denominator: Tensor, scale: float) -> Tensor:
+    """denominator / scale, in place: r / scaled(d, s) = s r / d with the scaling done once per
+    forward pass instead of once per target."""
+    return denominator.div_(scale) if scale != 1 else denominator
 
 
 def conv_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
@@ -57,12 +63,15 @@ class Affine:
 
     `forward(x, w, b)` is the layer's map with weights w and bias b; `backward(g, w, shape)` is the
     input gradient of the bias-free map at cotangent g, i.e. sum_j w_ij g_j (a transposed conv for
-    Conv2d), computed without building an autograd graph.
+    Conv2d), computed without building an autograd graph. `positive()`/`negative()` are w+ and w-,
+    computed on first use and kept in `shared` (one dict per canonized model), so every composite
+    of a worker uses one copy.
     """
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, shared: dict | None = None) -> None:
         self.weight = layer.weight.detach()
         self.bias = None if layer.bias is None else layer.bias.detach()
+        self._shared = {} if shared is None else shared
         if isinstance(layer, nn.Conv2d):
             padding = conv_padding(layer)
             if padding is None or layer.padding_mode != "zeros":
@@ -74,6 +83,19 @@ class Affine:
             raise TypeError(
                 f"an LRP rule needs a Conv2d or Linear layer, not {type(layer).__name__}"
             )
+
+    def derived(self, kind: str, make: Callable[[], Tensor]) -> Tensor:
+        """A tensor made from this layer's weights, made once per weight tensor and `kind`."""
+        key = (self.weight.data_ptr(), self.weight.dtype, kind)
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
+
+    def positive(self) -> Tensor:
+        return self.derived("w+", lambda: self.weight.clamp(min=0))
+
+    def negative(self) -> Tensor:
+        return self.derived("w-", lambda: self.weight.clamp(max=0))
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if self._conv is None:
@@ -90,29 +112,59 @@ class Affine:
         )
 
 
+Saved = dict[str, Any]
+
+
 @dataclass
 class BoundRule:
-    """A rule fixed to one layer, with the rule's modified weights computed once."""
+    """A rule fixed to one layer, with the rule's modified weights computed once.
+
+    The engine calls `save` in the forward pass (what the rule needs from the input: denominators,
+    masks) and `propagate` per backward pass, so several targets share one forward pass.
+    `cache` keeps tensors that depend only on the input's shape (flat and z^B denominators).
+    """
 
     rule: Rule
     affine: Affine
     params: dict[str, Tensor | None]
+    cache: dict = field(default_factory=dict)
 
     def forward(self, x: Tensor) -> Tensor:
         """The layer's ordinary output."""
         return self.affine.forward(x, self.affine.weight, self.affine.bias)
 
+    def save(self, x: Tensor, z: Tensor) -> Saved:
+        """What `propagate` needs from input x and output z = forward(x) (never z itself)."""
+        return self.rule.save(self, x, z)
+
+    def propagate(self, saved: Saved, r: Tensor) -> Tensor:
+        """Relevance on the input, given `save`'s result and the relevance r on the output."""
+        return self.rule.propagate(self, saved, r)
+
     def relevance(self, x: Tensor, z: Tensor, r: Tensor) -> Tensor:
         """Relevance on input x, given the output z = forward(x) and the relevance r on z."""
-        return self.rule.relevance(self.affine, self.params, x, z, r)
+        return self.propagate(self.save(x, z), r)
+
+    def constant(self, kind: str, x: Tensor, make: Callable[[], Tensor]) -> Tensor:
+        """A tensor that depends on x's shape, device and dtype only, made once per combination."""
+        key = (kind, tuple(x.shape[1:]), x.device, x.dtype)
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+
+def non_negative(x: Tensor) -> bool:
+    """True for inputs behind a ReLU: the rules then skip every term in x- (exactly zero)."""
+    return bool(x.min() >= 0)
 
 
 class Rule(ABC):
     """An LRP rule for Conv2d and Linear layers."""
 
-    def bind(self, layer: nn.Module) -> BoundRule:
-        """Fix the rule to `layer`, precomputing whatever modified weights the rule needs."""
-        affine = Affine(layer)
+    def bind(self, layer: nn.Module, shared: dict | None = None) -> BoundRule:
+        """Fix the rule to `layer`, precomputing whatever modified weights the rule needs.
+        `shared`: a dict for weight-derived tensors shared between composites (see Affine)."""
+        affine = Affine(layer, shared)
         return BoundRule(self, affine, self.prepare(affine))
 
     def prepare(self, affine: Affine) -> dict[str, Tensor | None]:
@@ -120,20 +172,22 @@ class Rule(ABC):
         return {}
 
     @abstractmethod
-    def relevance(
-        self, affine: Affine, params: dict[str, Tensor | None], x: Tensor, z: Tensor, r: Tensor
-    ) -> Tensor:
-        """Relevance on x, given the layer's output z and the relevance r on it."""
+    def save(self, bound: BoundRule, x: Tensor, z: Tensor) -> Saved:
+        """What the backward pass needs from the layer's input x and output z."""
+
+    @abstractmethod
+    def propagate(self, bound: BoundRule, saved: Saved, r: Tensor) -> Tensor:
+        """Relevance on the layer's input, given `save`'s result and the relevance r on z."""
 
     @abstractmethod
     def describe(self) -> str:
         """A short name with parameters, e.g. 'epsilon(1e-6)'."""
 
 
-def _split_signs(w: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-    if w is None:
+def _split_signs(t: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    if t is None:
         return None, None
-    return w.clamp(min=0), w.clamp(max=0)
+    return t.clamp(min=0), t.clamp(max=0)
 
 
 class Epsilon(Rule):
@@ -142,8 +196,12 @@ class Epsilon(Rule):
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
 
-    def relevance(self, affine, params, x, z, r):
-        return x * affine.backward(r / stabilize(z, self.epsilon), affine.weight, x.shape)
+    def save(self, bound, x, z):
+        return {"x": x, "denominator": stabilize(z, self.epsilon)}
+
+    def propagate(self, bound, saved, r):
+        x, affine = saved["x"], bound.affine
+        return affine.backward(r / saved["denominator"], affine.weight, x.shape).mul_(x)
 
     def describe(self) -> str:
         return f"epsilon({number(self.epsilon)})"
@@ -166,6 +224,10 @@ class AlphaBeta(Rule):
     and z_ij- = x_i+ w_ij- + x_i- w_ij+ (so negative inputs are allowed). As in zennit, the positive
     part of the bias joins the denominator z_j+ and the negative part joins z_j-, so relevance
     absorbed by the bias is lost.
+
+    Behind a ReLU (x >= 0) the x- terms vanish, and z_j- = x w- + b- = z_j - z_j+ needs no
+    convolution of its own: the layer then costs one extra forward conv (x w+) and one (alpha-1-
+    beta-0) or two transposed convs per backward pass, against zennit's four and eight.
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = STABILIZER):
@@ -178,13 +240,35 @@ class AlphaBeta(Rule):
         self.stabilizer = float(stabilizer)
 
     def prepare(self, affine):
-        w_pos, w_neg = _split_signs(affine.weight)
         b_pos, b_neg = _split_signs(affine.bias)
-        return {"w_pos": w_pos, "w_neg": w_neg, "b_pos": b_pos, "b_neg": b_neg}
+        return {"b_pos": b_pos, "b_neg": b_neg}
 
-    def relevance(self, affine, params, x, z, r):
+    def save(self, bound, x, z):
+        if not non_negative(x):
+            return {"x": x, "signed": True}
+        affine = bound.affine
+        z_pos = affine.forward(x, affine.positive(), bound.params["b_pos"])
+        saved = {"x": x, "signed": False}
+        saved["pos"] = scaled(stabilize(z_pos, self.stabilizer), self.alpha)
+        if self.beta:
+            saved["neg"] = scaled(stabilize(z - z_pos, self.stabilizer), self.beta)
+        return saved
+
+    def propagate(self, bound, saved, r):
+        if saved["signed"]:
+            return self._signed(bound, saved["x"], r)
+        # x * (alpha sum_j w+ r_j / z_j+ - beta sum_j w- r_j / z_j-), alpha and beta folded into
+        # the saved denominators; in place, since the transposed convs return fresh tensors.
+        x, affine = saved["x"], bound.affine
+        out = affine.backward(r / saved["pos"], affine.positive(), x.shape)
+        if self.beta:
+            out.sub_(affine.backward(r / saved["neg"], affine.negative(), x.shape))
+        return out.mul_(x)
+
+    def _signed(self, bound, x, r):
+        affine, params = bound.affine, bound.params
         x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-        w_pos, w_neg = params["w_pos"], params["w_neg"]
+        w_pos, w_neg = affine.positive(), affine.negative()
         out = self._part(affine, x_pos, x_neg, w_pos, w_neg, params["b_pos"], r)
         if self.beta:
             neg = self._part(affine, x_pos, x_neg, w_neg, w_pos, params["b_neg"], r)
@@ -208,7 +292,8 @@ class AlphaBeta(Rule):
 class _InputFree(Rule):
     """Rules whose shares do not depend on the input: R_i = sum_j v_ij / sum_i v_ij R_j for fixed
     weights v computed from the layer's (`shares`). Only inputs that really feed output j count
-    in the denominator (zero padding does not), as in zennit."""
+    in the denominator (zero padding does not), as in zennit. The denominator depends on the
+    input's shape alone, so it is computed once per shape."""
 
     def __init__(self, stabilizer: float = STABILIZER) -> None:
         self.stabilizer = float(stabilizer)
@@ -219,10 +304,17 @@ class _InputFree(Rule):
     def prepare(self, affine):
         return {"v": self.shares(affine.weight)}
 
-    def relevance(self, affine, params, x, z, r):
-        v = params["v"]
-        denominator = affine.forward(torch.ones_like(x), v)
-        return affine.backward(r / stabilize(denominator, self.stabilizer), v, x.shape)
+    def save(self, bound, x, z):
+        v = bound.params["v"]
+        denominator = bound.constant(
+            "denominator",
+            x,
+            lambda: stabilize(bound.affine.forward(torch.ones_like(x[:1]), v), self.stabilizer),
+        )
+        return {"shape": x.shape, "denominator": denominator}
+
+    def propagate(self, bound, saved, r):
+        return bound.affine.backward(r / saved["denominator"], bound.params["v"], saved["shape"])
 
 
 class Flat(_InputFree):
@@ -286,21 +378,31 @@ class ZBox(Rule):
     def prepare(self, affine):
         if self.low is None or self.high is None:
             raise ValueError("the z^B rule needs the input bounds low and high")
-        w_pos, w_neg = _split_signs(affine.weight)
         b_pos, b_neg = _split_signs(affine.bias)
-        return {"w_pos": w_pos, "w_neg": w_neg, "b_pos": b_pos, "b_neg": b_neg}
+        return {"b_pos": b_pos, "b_neg": b_neg}
 
-    def relevance(self, affine, params, x, z, r):
-        low, high = _expand_bound(self.low, x), _expand_bound(self.high, x)
-        w_pos, w_neg = params["w_pos"], params["w_neg"]
+    def _bounds(self, bound: BoundRule, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """low, high (shaped like one input) and sum_i (l_i w_ij+ + h_i w_ij-) + b_j: fixed."""
+        affine, params = bound.affine, bound.params
+        low, high = _expand_bound(self.low, x[:1]), _expand_bound(self.high, x[:1])
         # The biases cancel (b - b+ - b- = 0); keeping them, and the grouping of the sums,
         # mirrors zennit's arithmetic so round-off matches too.
-        bounds = affine.forward(low, w_pos, params["b_pos"]) + affine.forward(
-            high, w_neg, params["b_neg"]
+        offset = affine.forward(low, affine.positive(), params["b_pos"]) + affine.forward(
+            high, affine.negative(), params["b_neg"]
         )
-        g = r / stabilize(z - bounds, self.stabilizer)
+        return low, high, offset
+
+    def save(self, bound, x, z):
+        low, high, offset = bound.constant("bounds", x, lambda: self._bounds(bound, x))
+        denominator = stabilize(z - offset, self.stabilizer)
+        return {"x": x, "low": low, "high": high, "denominator": denominator}
+
+    def propagate(self, bound, saved, r):
+        x, low, high, affine = saved["x"], saved["low"], saved["high"], bound.affine
+        g = r / saved["denominator"]
         return x * affine.backward(g, affine.weight, x.shape) - (
-            low * affine.backward(g, w_pos, x.shape) + high * affine.backward(g, w_neg, x.shape)
+            low * affine.backward(g, affine.positive(), x.shape)
+            + high * affine.backward(g, affine.negative(), x.shape)
         )
 
     def describe(self) -> str:
@@ -313,6 +415,11 @@ class Gamma(Rule):
     For outputs z_j > 0: LRP-0 with positive contributions boosted, i.e. x+ on w + gamma w+ and
     x- on w + gamma w- (bias b + gamma b+); for z_j < 0 the mirror image (bias b + gamma b-).
     With non-negative inputs and z_j > 0 this is LRP-0 on w + gamma w+.
+
+    Behind a ReLU (x >= 0) both denominators follow from z and a = x w+ + b+ (one extra conv):
+    z + gamma a where z > 0 and (1 + gamma) z - gamma a where z < 0, sums of like-signed terms,
+    so no cancellation. The z < 0 half of the backward pass is skipped when no relevance reaches
+    those outputs (a conv followed by a ReLU: the next layer gives relevance x * ... = 0 there).
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = STABILIZER) -> None:
@@ -322,19 +429,41 @@ class Gamma(Rule):
     def prepare(self, affine):
         w, b, gamma = affine.weight, affine.bias, self.gamma
         return {
-            "w_up": w + gamma * w.clamp(min=0),
-            "w_down": w + gamma * w.clamp(max=0),
+            "w_up": affine.derived(f"gamma{gamma}+", lambda: w + gamma * w.clamp(min=0)),
+            "w_down": affine.derived(f"gamma{gamma}-", lambda: w + gamma * w.clamp(max=0)),
+            "b_pos": None if b is None else b.clamp(min=0),
             "b_up": None if b is None else b + gamma * b.clamp(min=0),
             "b_down": None if b is None else b + gamma * b.clamp(max=0),
         }
 
-    def relevance(self, affine, params, x, z, r):
+    def save(self, bound, x, z):
+        if not non_negative(x):
+            return {"x": x, "signed": True, "up": z > 0, "down": z < 0}
+        a = bound.affine.forward(x, bound.affine.positive(), bound.params["b_pos"])
+        gamma = self.gamma
+        pos = torch.reciprocal(stabilize(z + gamma * a, self.stabilizer))
+        neg = torch.reciprocal(stabilize((1 + gamma) * z - gamma * a, self.stabilizer))
+        # 1 / denominator where the output's sign selects it, 0 elsewhere: one pass per target
+        return {"x": x, "signed": False, "up": pos.mul_(z > 0), "down": neg.mul_(z < 0)}
+
+    def propagate(self, bound, saved, r):
+        if saved["signed"]:
+            return self._signed(bound, saved, r)
+        x, affine, params = saved["x"], bound.affine, bound.params
+        out = affine.backward(r * saved["up"], params["w_up"], x.shape)
+        g_down = r * saved["down"]
+        if g_down.any():
+            out.add_(affine.backward(g_down, params["w_down"], x.shape))
+        return out.mul_(x)
+
+    def _signed(self, bound, saved, r):
+        x, affine, params = saved["x"], bound.affine, bound.params
         x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
         w_up, w_down = params["w_up"], params["w_down"]
         pos = affine.forward(x_pos, w_up, params["b_up"]) + affine.forward(x_neg, w_down)
         neg = affine.forward(x_pos, w_down, params["b_down"]) + affine.forward(x_neg, w_up)
-        g_pos = (z > 0) * r / stabilize(pos, self.stabilizer)
-        g_neg = (z < 0) * r / stabilize(neg, self.stabilizer)
+        g_pos = saved["up"] * r / stabilize(pos, self.stabilizer)
+        g_neg = saved["down"] * r / stabilize(neg, self.stabilizer)
         shape = x.shape
         return (
             x_pos * affine.backward(g_pos, w_up, shape)
@@ -351,15 +480,19 @@ def norm_relevance(
     fn: Callable[..., Tensor],
     inputs: Sequence[Tensor],
     r: Tensor,
+    denominator: Tensor | None = None,
     stabilizer: float = STABILIZER,
 ) -> tuple[Tensor, ...]:
     """The proportional ('norm') rule for a parameter-free linear map y = fn(*inputs).
 
     Each input element gets x_i * d y_j / d x_i / y_j * R_j: average pooling and residual sums
-    redistribute relevance in proportion to what each input contributed.
+    redistribute relevance in proportion to what each input contributed. `denominator`: the
+    stabilised y when the caller kept it from the forward pass.
     """
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in inputs]
         y = fn(*leaves)
-        grads = torch.autograd.grad(y, leaves, r / stabilize(y.detach(), stabilizer))
+        if denominator is None:
+            denominator = stabilize(y.detach(), stabilizer)
+        grads = torch.autograd.grad(y, leaves, r / denominator)
     return tuple(t * g for t, g in zip(inputs, grads, strict=True))

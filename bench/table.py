@@ -1,0 +1,72 @@
+"""Print the README's benchmark tables (markdown) from bench/results/*-latest.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import precision_table, table, targets_table  # noqa: E402
+
+
+def engine_tables(report: dict) -> str:
+    meta = report["meta"]
+    results = report["results"]
+    worst = max(r["heatjob_over_baseline"] for r in results)
+    lines = [
+        f"{meta['device_name']}, {meta['cpu_count']} cores, torch {meta['torch']}, "
+        f"{meta['threads']} threads, batch {meta['batch']}, {meta['size']} px, best of "
+        f"{meta['repeats']}, {meta['date']}; load average {meta['loadavg_1min_before']:.1f} "
+        f"before, {meta.get('loadavg_1min_after') or math.nan:.1f} after",
+        "",
+        table(results),
+        "",
+        f"geomean zennit/heatjob: {report['geomean_zennit_over_heatjob']:.2f}; "
+        f"worst heatjob/base: {worst:.2f}",
+        "",
+        "Peak memory each method adds while it runs (MB):",
+        "",
+        "| arch | composite | baseline | heatjob | zennit |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        peak = r["peak_mb"]
+        lines.append(
+            f"| {r['arch']} | {r['composite']} | {peak['baseline']:.0f} | {peak['heatjob']:.0f} "
+            f"| {peak['zennit']:.0f} |"
+        )
+    lines += ["", targets_table(results), "", precision_table(results)]
+    return "\n".join(lines)
+
+
+def job_table(report: dict) -> str:
+    return "\n".join(
+        [
+            "| images | rows x composites | heatjob submit s | plain loop s | plain/job | "
+            "store B/px | .npy B/px | max rel diff |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {report['images']} | {report['heatmap_rows']} x {len(report['composites'])} | "
+            f"{report['job_s']:.1f} | {report['plain_loop_s']:.1f} | "
+            f"{report['plain_over_job']:.2f} | {report['store_bytes_per_heatmap_pixel']:.2f} | "
+            f"{report['npy_bytes_per_heatmap_pixel']:.2f} | "
+            f"{max(report['max_rel_diff_store_vs_plain'].values()):.1e} |",
+            "",
+            f"load average {report['meta']['loadavg_1min_before']:.1f} before, "
+            f"{report['meta']['loadavg_1min_after']:.1f} after",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    folder = Path((argv or sys.argv[1:] or ["bench/results"])[0])
+    for path in sorted(folder.glob("engine-*-latest.json")):
+        print(f"### {path.name}\n\n{engine_tables(json.loads(path.read_text()))}\n")
+    job = folder / "job-latest.json"
+    if job.exists():
+        print(f"### {job.name}\n\n{job_table(json.loads(job.read_text()))}")
+
+
+if __name__ == "__main__":
+    main()
