@@ -343,3 +343,15 @@ def test_bad_samples_are_recorded_and_the_job_finishes_the_rest(tmp_path):
     assert [(f["sample"], f["id"]) for f in report["failures"]] == [
         (s, ids[s]) for s in sorted(bad)
     ]
+
+    # merge leaves the failed sample's rows out of every metric and says how many
+    from heatjob.merge import format_table, merge
+
+    merged = merge(str(tmp_path / "out.zarr"), progress=False, resamples=0)
+    n_failed_rows = int((rows_sample == bad[0]).sum())
+    assert merged.excluded_failed == n_failed_rows
+    for composite in ("EpsilonPlusFlat", "lrp-eps"):
+        assert merged.metrics[composite]["n_rows"] == len(rows_sample) - n_failed_rows
+        mass = zarr.open_group(tmp_path / "out.zarr")[f"metrics/{composite}/relevance_mass"][:]
+        assert np.isnan(mass[rows_sample == bad[0]]).all()
+    assert f"{n_failed_rows} rows of {len(bad)} failed samples excluded" in format_table(merged)
