@@ -26,7 +26,7 @@ from heatjob.runner import WorkerPlan, plan_workers
 from heatjob.spec import JobSpec
 from heatjob.store import done_flags, open_store
 from heatjob.submit import PreparedJob, prepare
-from heatjob.worker import UnitWorker
+from heatjob.worker import UnitWorker, explain_unit
 
 RAY_START_SECONDS = 10.0  # a local ray.init on a small machine; attaching is ~1 s
 
@@ -159,16 +159,18 @@ def calibrate(job: PreparedJob, workers: WorkerPlan) -> Calibration:
             _sync(worker.device)
         forward_s = time.perf_counter() - started
         index = {s: i for i, s in enumerate(samples)}
-        x_rows = x[[index[s] for s in rows_sample.tolist()]]
-        targets = torch.as_tensor(job.plan.rows_target[rows], dtype=torch.long)
+        targets = job.plan.rows_target[rows].astype(np.int64)
         pending = targets == PENDING_TARGET  # predicted:K: the top logit stands in
-        top = logits.argmax(1).cpu()[[index[s] for s in rows_sample.tolist()]]
-        targets = torch.where(pending, top, targets).to(worker.device)
+        top = logits.argmax(1).cpu().numpy()[[index[s] for s in rows_sample.tolist()]]
+        targets = np.where(pending, top, targets)
+        inputs = {s: x[index[s]] for s in samples}
         maps = {}
         started = time.perf_counter()
+        # the worker's own explain path: the rows of a batch of images share a forward pass
         for name, explainer in worker.explainers.items():
-            relevance, _ = explainer.explain(x_rows, targets)
-            maps[name] = relevance.float().cpu().numpy()
+            maps[name] = explain_unit(
+                explainer, inputs, rows_sample, targets, spec.run.batch_size
+            )
         _sync(worker.device)
         explain_s = time.perf_counter() - started
     finally:
