@@ -174,6 +174,8 @@ def _test_hold(unit: Unit) -> None:
     except FileExistsError:
         return
     time.sleep(120)
+
+
 def explain_unit(
     explainer: Explainer,
     inputs: dict[int, torch.Tensor],
