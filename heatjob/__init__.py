@@ -1,6 +1,6 @@
 """heatjob: LRP heatmaps for whole image data sets, stored in Zarr, scored for localisation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["open_store"]
 
 
