@@ -113,25 +113,10 @@ def create_store(
     root = open_group(path, "w", storage_options)
     n_samples, n_classes = sample_labels.shape
 
-    def small(
-        name: str, data: np.ndarray, dims: tuple[str, ...], fill: Any = None, dtype: Any = None
-    ) -> None:
-        chunks = (max(1, min(_BLOCK, data.shape[0])),) + data.shape[1:]
-        array = root.create_array(
-            name,
-            shape=data.shape,
-            dtype=dtype or data.dtype,
-            chunks=chunks,
-            dimension_names=dims,
-            fill_value=fill,
-        )
-        if data.size:
-            array[...] = data
-
     # variable-length UTF-8: the string type Zarr v3 specifies
-    small("samples/id", np.asarray(sample_ids, dtype=object), ("sample",), dtype=str)
-    small("samples/size", np.asarray(sample_sizes, dtype=np.int32), ("sample", "hw"))
-    small("samples/labels", np.asarray(sample_labels, dtype=bool), ("sample", "class"))
+    _small_array(root, "samples/id", np.asarray(sample_ids, dtype=object), ("sample",), dtype=str)
+    _small_array(root, "samples/size", np.asarray(sample_sizes, dtype=np.int32), ("sample", "hw"))
+    _small_array(root, "samples/labels", np.asarray(sample_labels, dtype=bool), ("sample", "class"))
     root.create_array(
         "samples/logits",
         shape=(n_samples, n_classes),
@@ -140,12 +125,13 @@ def create_store(
         dimension_names=("sample", "class"),
         fill_value=np.nan,
     )
-    small("boxes/sample", np.asarray(boxes_sample, dtype=np.int64), ("box",))
-    small("boxes/class", np.asarray(boxes_class, dtype=np.int32), ("box",))
-    small("boxes/xyxy", np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), ("box", "xyxy"))
-    small("boxes/difficult", np.asarray(boxes_difficult, dtype=bool), ("box",))
-    small("rows/sample", plan.rows_sample, ("row",))
-    small("rows/target", plan.rows_target, ("row",))
+    _small_array(root, "boxes/sample", np.asarray(boxes_sample, dtype=np.int64), ("box",))
+    _small_array(root, "boxes/class", np.asarray(boxes_class, dtype=np.int32), ("box",))
+    xyxy = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+    _small_array(root, "boxes/xyxy", xyxy, ("box", "xyxy"))
+    _small_array(root, "boxes/difficult", np.asarray(boxes_difficult, dtype=bool), ("box",))
+    _small_array(root, "rows/sample", plan.rows_sample, ("row",))
+    _small_array(root, "rows/target", plan.rows_target, ("row",))
     size = image_size
     for composite in composites:
         root.create_array(
@@ -157,16 +143,57 @@ def create_store(
             dimension_names=("row", "y", "x"),
             fill_value=np.nan,
         )
-    small("units/done", np.zeros(len(plan.units), dtype=bool), ("unit",), fill=False)
+    _small_array(root, "units/done", np.zeros(len(plan.units), dtype=bool), ("unit",), fill=False)
     # which worker wrote each unit: host name, Ray node id, process id (ext)
     n_units = len(plan.units)
-    small("units/host", np.full(n_units, "", dtype=object), ("unit",), fill="", dtype=str)
-    small("units/node", np.full(n_units, "", dtype=object), ("unit",), fill="", dtype=str)
-    small("units/pid", np.full(n_units, -1, dtype=np.int64), ("unit",), fill=-1)
+    no_writer = np.full(n_units, "", dtype=object)
+    _small_array(root, "units/host", no_writer, ("unit",), fill="", dtype=str)
+    _small_array(root, "units/node", no_writer, ("unit",), fill="", dtype=str)
+    _small_array(root, "units/pid", np.full(n_units, -1, dtype=np.int64), ("unit",), fill=-1)
     add_failure_records(root, len(plan.units), n_samples, sample_failures)
     # Written last: a store whose attributes are missing was interrupted while being created.
     root.attrs["heatjob"] = attrs
     return root
+
+
+def _small_array(
+    root: zarr.Group,
+    name: str,
+    data: np.ndarray,
+    dims: tuple[str, ...],
+    fill: Any = None,
+    dtype: Any = None,
+) -> None:
+    """One of the small arrays (per sample, box, row or unit), in chunks of _BLOCK entries.
+
+    Values that are all the fill value are not written: their chunks read as it anyway.
+    """
+    array = root.create_array(
+        name,
+        shape=data.shape,
+        dtype=dtype or data.dtype,
+        chunks=(max(1, min(_BLOCK, data.shape[0])),) + data.shape[1:],
+        dimension_names=dims,
+        fill_value=fill,
+    )
+    if data.size and (fill is None or not np.all(data == fill)):
+        array[...] = data
+
+
+def _failure_record_arrays(
+    n_units: int, n_samples: int, sample_failures: Mapping[int, str] | None = None
+) -> dict[str, tuple[np.ndarray, tuple[str, ...], Any, Any]]:
+    """name -> (values, dims, fill, dtype) of the records beside the done flags."""
+    failed = np.zeros(n_samples, dtype=bool)
+    reasons = np.full(n_samples, "", dtype=object)
+    for sample, reason in (sample_failures or {}).items():
+        failed[sample], reasons[sample] = True, reason
+    return {
+        "units/attempts": (np.zeros(n_units, dtype=np.int32), ("unit",), 0, "int32"),
+        "units/checksum": (np.zeros(n_units, dtype=np.uint64), ("unit",), 0, "uint64"),
+        "samples/failed": (failed, ("sample",), False, "bool"),
+        "samples/failure": (reasons, ("sample",), "", str),
+    }
 
 
 def add_failure_records(
@@ -178,40 +205,16 @@ def add_failure_records(
     """The arrays beside the done flags, where missing (a store from before they existed
     gets them on resume): per unit the dispatches it took and the checksum of its shards
     (attempts 0 = no record), per sample whether it failed and why."""
-
-    def add(name: str, data: np.ndarray, dims: tuple[str, ...], fill: Any, dtype: Any) -> None:
-        if name in root:
-            return
-        array = root.create_array(
-            name,
-            shape=data.shape,
-            dtype=dtype,
-            chunks=(max(1, min(_BLOCK, data.shape[0])),),
-            dimension_names=dims,
-            fill_value=fill,
-        )
-        if data.size and data.any():
-            array[...] = data
-
-    failed = np.zeros(n_samples, dtype=bool)
-    reasons = np.full(n_samples, "", dtype=object)
-    for sample, reason in (sample_failures or {}).items():
-        failed[sample], reasons[sample] = True, reason
-    add("units/attempts", np.zeros(n_units, dtype=np.int32), ("unit",), 0, "int32")
-    add("units/checksum", np.zeros(n_units, dtype=np.uint64), ("unit",), 0, "uint64")
-    add("samples/failed", failed, ("sample",), False, "bool")
-    add("samples/failure", reasons, ("sample",), "", str)
+    records = _failure_record_arrays(n_units, n_samples, sample_failures)
+    for name, (data, dims, fill, dtype) in records.items():
+        if name not in root:
+            _small_array(root, name, data, dims, fill, dtype)
 
 
 def failure_records(root: zarr.Group, n_units: int, n_samples: int) -> dict[str, np.ndarray]:
     """attempts, checksum, failed, failure: read, or empty ones for an older store."""
-    empty = {
-        "units/attempts": np.zeros(n_units, dtype=np.int32),
-        "units/checksum": np.zeros(n_units, dtype=np.uint64),
-        "samples/failed": np.zeros(n_samples, dtype=bool),
-        "samples/failure": np.full(n_samples, "", dtype=object),
-    }
-    return {name: root[name][:] if name in root else value for name, value in empty.items()}
+    empty = _failure_record_arrays(n_units, n_samples)
+    return {name: root[name][:] if name in root else data for name, (data, *_) in empty.items()}
 
 
 def open_store(
