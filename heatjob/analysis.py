@@ -26,16 +26,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from heatjob.merge import ROW_ARRAYS
 from heatjob.store import open_store as _open_group
-
-ROW_METRICS = (
-    "pointing_game",
-    "relevance_mass",
-    "relevance_mass_weighted",
-    "relevance_rank",
-    "pixel_ap",
-    "other_class_mass",
-)
 
 
 def _lazy(array, rows: int) -> da.Array:
@@ -75,7 +67,7 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
         data["sample_failed"] = (("sample",), root["samples/failed"][:])
     merged = "metrics" in root and all(c in root["metrics"] for c in composites)
     if merged:
-        for name in ROW_METRICS:
+        for name in ROW_ARRAYS:
             data[name] = (
                 ("composite", "row"),
                 da.stack([_lazy(root[f"metrics/{c}/{name}"], shard) for c in composites]),
