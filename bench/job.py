@@ -31,15 +31,13 @@ COMPOSITES = "EpsilonPlusFlat,EpsilonAlpha2Beta1Flat,EpsilonGammaBox"
 
 
 def write_spec(base: Path, limit: int, composites: list[str], store: Path, dest: Path) -> dict:
+    from heatjob.spec import to_toml
+
     spec = tomllib.loads(base.read_text())
     spec["dataset"]["limit"] = limit
     spec["attribution"]["composites"] = composites
     spec["store"]["path"] = str(store)
-    lines = []
-    for section, values in spec.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    dest.write_text("\n".join(lines) + "\n")
+    dest.write_text(to_toml(spec))
     return spec
 
 

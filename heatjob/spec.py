@@ -8,6 +8,7 @@ Relative paths in a spec are relative to the working directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import tomllib
@@ -298,6 +299,41 @@ def _lists(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_lists(v) for v in value]
     return value
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def to_toml(tables: dict[str, dict[str, Any]]) -> str:
+    """Spec tables (e.g. JobSpec.to_dict()) as TOML text that load_spec reads back."""
+    lines = []
+    for section, values in tables.items():
+        lines.append(f"[{_toml_key(section)}]")
+        lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
 if __name__ == "__main__":  # `python -m heatjob.spec store-path SPEC`, for the Makefile

@@ -13,6 +13,7 @@ import torch
 import zarr
 
 from heatjob.models import SmallCNN
+from heatjob.spec import to_toml
 
 HEATJOB = [sys.executable, "-m", "heatjob.cli"]
 
@@ -34,11 +35,7 @@ def write_spec(path: Path, **sections: dict) -> Path:
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
-    lines = []
-    for name, values in base.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(to_toml(base))
     return path
 
 

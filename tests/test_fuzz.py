@@ -8,7 +8,6 @@ where the bugs are, rather than on random bytes alone.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 from heatjob.data.base import VOC_CLASSES, SampleRecord
 from heatjob.data.voc import parse_annotation
 from heatjob.errors import DataError, SpecError
-from heatjob.spec import _SECTIONS, JobSpec, load_spec, parse_spec
+from heatjob.spec import _SECTIONS, JobSpec, load_spec, parse_spec, to_toml
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -84,34 +83,6 @@ def spec_tables(draw) -> dict:
     return raw
 
 
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return (
-            "nan"
-            if math.isnan(value)
-            else ("inf" if value > 0 else "-inf")
-            if math.isinf(value)
-            else repr(value)
-        )
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-
-
-def toml_text(raw: dict) -> str:
-    lines = []
-    for section, values in raw.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
-
-
 def check_spec_outcome(load) -> None:
     """`load()` gives a JobSpec that is valid and round-trips, or a one-line SpecError."""
     try:
@@ -131,7 +102,7 @@ def check_spec_outcome(load) -> None:
 @given(raw=spec_tables())
 def test_spec_files_near_valid_ones_load_or_fail_cleanly(raw):
     path = WORK / "spec.toml"
-    path.write_text(toml_text(raw))
+    path.write_text(to_toml(raw))
     check_spec_outcome(lambda: load_spec(path))
 
 
@@ -142,7 +113,7 @@ def test_spec_files_near_valid_ones_load_or_fail_cleanly(raw):
         st.sampled_from(
             ["[dataset", "a = = 1", "[[dataset]]\nkind = 1", "\x00", '["a\\nb"]\nx = 1']
         ),
-        spec_tables().map(toml_text).map(lambda t: t.replace("[model]", '[model]\n"k\\n" = 1')),
+        spec_tables().map(to_toml).map(lambda t: t.replace("[model]", '[model]\n"k\\n" = 1')),
     )
 )
 def test_any_text_as_a_spec_file_loads_or_fails_cleanly(source):

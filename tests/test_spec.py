@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from heatjob.errors import SpecError
-from heatjob.spec import load_spec, parse_spec, with_overrides
+from heatjob.spec import load_spec, parse_spec, to_toml, with_overrides
 
 MINIMAL = {
     "dataset": {"kind": "synthetic"},
@@ -92,3 +94,10 @@ def test_content_ignores_where_and_how_fast():
     assert moved.content_dict() == spec.content_dict()
     other = with_overrides(spec, attribution={"targets": "all"})
     assert other.content_dict() != spec.content_dict()
+
+
+def test_to_toml_reads_back_as_the_same_tables():
+    tables = load_spec(Path("jobs/demo.toml")).to_dict()
+    tables["store"]["storage_options"] = {"endpoint_url": "http://s3:9000", "odd key": 1.5}
+    tables["model"]["mean"] = [0.5, -0.25, 1e-05]
+    assert tomllib.loads(to_toml(tables)) == tables
