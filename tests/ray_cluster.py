@@ -51,8 +51,10 @@ def free_port_range(n: int) -> int:
     raise RuntimeError("no free port range")
 
 
-def _sessions_pids(sessions: set[int]) -> list[int]:
-    pids = []
+def process_stats() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/<pid>/stat after the command name (state, ppid, pgrp,
+    session, ...), for every process that can still be read."""
+    stats = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -60,10 +62,13 @@ def _sessions_pids(sessions: set[int]) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) in sessions:  # field 6 of /proc/pid/stat: session id
-            pids.append(int(entry.name))
-    return pids
+        stats[int(entry.name)] = stat.rsplit(")", 1)[1].split()
+    return stats
+
+
+def _sessions_pids(sessions: set[int]) -> list[int]:
+    # field 6 of /proc/pid/stat: the session id
+    return [pid for pid, fields in process_stats().items() if int(fields[3]) in sessions]
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from ray_cluster import process_stats
 from typer.testing import CliRunner
 
 from heatjob.cli import app
@@ -93,15 +94,8 @@ def start(*args: str, env: dict | None = None) -> subprocess.Popen:
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (Ray's raylet, GCS and workers), from /proc."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
+    for child, fields in process_stats().items():
+        children.setdefault(int(fields[1]), []).append(child)  # field 4: the parent's pid
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
