@@ -17,7 +17,7 @@ Quantus's in the same round (load on a shared machine hits both alike).
 
 Memory: for each row count, a store with one composite at S x S float16 is written
 to a temporary folder and `heatjob merge` runs on it in a fresh process, which
-reports its own peak RSS (ru_maxrss). If the peak does not grow with the rows, merge
+reports its own peak RSS (VmHWM). If the peak does not grow with the rows, merge
 streams.
 """
 
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from heatjob import merge as merge_module  # noqa: E402
-from heatjob import metrics  # noqa: E402
+from heatjob.eval import merge as merge_module  # noqa: E402
+from heatjob.eval import metrics  # noqa: E402
 
 
 def synthetic_rows(n: int, size: int, seed: int):
@@ -153,20 +153,23 @@ def speed(args) -> dict:
 
 
 CHILD = """
-import resource, sys, time
-from heatjob.merge import merge
-imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import sys, time
+def kb(field):  # this process's own memory: VmHWM is its peak RSS, reset by exec
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1])
+from heatjob.eval.merge import merge
+imported = kb("VmRSS")
 start = time.perf_counter()
 merge(sys.argv[1], progress=False, resamples=int(sys.argv[2]))
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, imported)
+print(time.perf_counter() - start, kb("VmHWM"), imported)
 """
 
 
 def write_store(path: str, n_rows: int, size: int) -> None:
     """A finished one-composite store of n_rows synthetic rows (one row per sample)."""
-    from heatjob.plan import make_plan
+    from heatjob.job.prepare import job_from_arrays
     from heatjob.spec import parse_spec
-    from heatjob.store import create_store, provenance
+    from heatjob.store.layout import create_store
 
     spec = parse_spec(
         {
@@ -179,29 +182,22 @@ def write_store(path: str, n_rows: int, size: int) -> None:
     )
     rng = np.random.default_rng(1)
     classes = rng.integers(0, 6, n_rows)
-    plan = make_plan([[int(c)] for c in classes], "labels", 6, 64)
     labels = np.zeros((n_rows, 6), bool)
     labels[np.arange(n_rows), classes] = True
     _, boxes, sizes = synthetic_rows(64, size, seed=2)  # box shapes reused shard by shard
     xyxy = np.concatenate([boxes[i % 64][:1] for i in range(n_rows)])
-    attrs = provenance(
-        spec.to_dict(), ["a", "b", "c", "d", "e", "f"], "", 64, True, len(plan.units)
-    )
-    root = create_store(
-        path,
-        attrs,
-        plan,
-        [f"s{i}" for i in range(n_rows)],
-        np.tile(sizes[:1], (n_rows, 1)),
+    job = job_from_arrays(
+        spec,
         labels,
-        np.arange(n_rows),
-        classes,
-        xyxy,
-        np.zeros(n_rows, bool),
-        ["EpsilonPlusFlat"],
-        size,
-        "float16",
+        classes=["a", "b", "c", "d", "e", "f"],
+        sample_ids=[f"s{i}" for i in range(n_rows)],
+        sizes=np.tile(sizes[:1], (n_rows, 1)),
+        boxes_xyxy=xyxy,
+        boxes_sample=np.arange(n_rows),
+        boxes_class=classes,
     )
+    plan = job.plan
+    root = create_store(job)
     maps, _, _ = synthetic_rows(64, size, seed=3)
     array = root["heatmaps/EpsilonPlusFlat"]
     for unit in plan.units:
@@ -232,7 +228,7 @@ def memory(args) -> list[dict]:
                     "heatmap_bytes_float16": n * args.size * args.size * 2,
                     "merge_s": round(float(seconds), 1),
                     "peak_rss_mb": round(int(rss_kb) / 1024, 1),
-                    # heatjob.store imports torch: that much is there before merge starts
+                    # what the interpreter and merge's imports hold before merge starts
                     "rss_after_import_mb": round(int(imported_kb) / 1024, 1),
                     "merge_growth_mb": round((int(rss_kb) - int(imported_kb)) / 1024, 1),
                     "bootstrap_resamples": args.bootstrap,

@@ -41,7 +41,7 @@ from zennit.attribution import Gradient
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from heatjob.lrp import Explainer  # noqa: E402
+from heatjob.attribution.lrp import Explainer  # noqa: E402
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.precisions is None:  # float16 convolutions on CPU are ~50x slower than float32
+    if args.precisions is None:  # float16 convolutions on CPU are far slower than float32
         args.precisions = "bfloat16,float16" if args.device == "cuda" else "bfloat16"
 
     torch.set_num_threads(args.threads)

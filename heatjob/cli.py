@@ -80,16 +80,17 @@ def submit(
 
     Running it again on a partial store does only the units that are missing.
     """
+    from heatjob.job.submit import apply_options
+    from heatjob.job.submit import submit as run_submit
     from heatjob.spec import load_spec
-    from heatjob.submit import apply_options
-    from heatjob.submit import submit as run_submit
 
     job = apply_options(load_spec(spec), store=store, limit=limit, workers=workers)
     if dry_run:
-        from heatjob.dryrun import dry_run as plan_only
-        from heatjob.dryrun import format_dry_run
+        from heatjob.job.dryrun import dry_run as plan_only
+        from heatjob.job.dryrun import format_dry_run
 
-        typer.echo(format_dry_run(plan_only(job, address=address, progress=not quiet)))
+        run = plan_only(job, address=address, progress=not quiet, overwrite=overwrite)
+        typer.echo(format_dry_run(run))
         return
     summary = run_submit(job, address=address, overwrite=overwrite, progress=not quiet)
     if summary.units_run == 0:
@@ -128,8 +129,8 @@ def merge(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Score every composite (pointing game, relevance mass and rank, AP) and print a table."""
-    from heatjob.merge import format_class_table, format_size_table, format_table
-    from heatjob.merge import merge as run_merge
+    from heatjob.eval.merge import merge as run_merge
+    from heatjob.eval.report import format_class_table, format_size_table, format_table
 
     report = run_merge(
         store,
@@ -161,59 +162,14 @@ def status(
     ] = False,
 ) -> None:
     """How far a job has come: units and rows done per composite, retries, failed samples."""
-    import numpy as np
+    from heatjob.store.status import job_status
 
-    from heatjob.store import (
-        done_flags,
-        failure_records,
-        open_store,
-        store_units,
-        verify_units,
-    )
-
-    root, info = open_store(store)
-    units = store_units(root, info)
-    done = done_flags(root)
-    rows_done = sum(u.n_rows for u in units if done[u.index])
-    rows_total = sum(u.n_rows for u in units)
-    records = failure_records(root, len(units), root["samples/id"].shape[0])
-    attempts = records["units/attempts"]
-    failed = np.flatnonzero(records["samples/failed"])
-    ids = root["samples/id"][:] if len(failed) else []
-    reasons = records["samples/failure"]
-    report = {
-        "store": store,
-        "units_done": int(done.sum()),
-        "units_total": len(units),
-        "rows_done": rows_done,
-        "rows_total": rows_total,
-        "composites": {c: {"units_done": int(done.sum())} for c in info.composites},
-        "merged": "metrics" in root.attrs,
-        "retried_units": {int(u): int(attempts[u]) for u in np.flatnonzero(attempts > 1)},
-        "failures": [
-            {"sample": int(s), "id": str(ids[s]), "reason": str(reasons[s])} for s in failed
-        ],
-    }
-    if "units/node" in root:  # which workers wrote the finished units (not in 0.1.0 stores)
-        nodes, pids = root["units/node"][:].tolist(), root["units/pid"][:].tolist()
-        writers = set(zip(nodes, pids, strict=True))
-        writers.discard(("", -1))
-        report["writers"] = {
-            "nodes": len({node for node, _ in writers}),
-            "processes": len(writers),
-        }
-    problems = verify_units(root, info) if verify else []
-    if verify:
-        report["verify"] = {
-            "units_checked": int((done & (attempts > 0)).sum()),
-            "units_without_checksum": int((done & (attempts == 0)).sum()),
-            "mismatches": [{"unit": u, "problem": p} for u, p in problems],
-        }
+    report = job_status(store, verify=verify)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        _print_status(report, info.composites)
-    if problems:
+        _print_status(report, list(report["composites"]))
+    if report.get("verify", {}).get("mismatches"):
         raise typer.Exit(1)
 
 
@@ -272,8 +228,8 @@ def render(
     ] = None,
 ) -> None:
     """Heatmap overlays (input image, heatmap, boxes) per row and composite, and a grid."""
-    from heatjob.render import parse_rows
-    from heatjob.render import render as run_render
+    from heatjob.view.render import parse_rows
+    from heatjob.view.render import render as run_render
 
     notes: list[str] = []
     chosen = parse_rows(rows) if rows else None
@@ -286,7 +242,7 @@ def render(
 @app.command()
 def composites() -> None:
     """The composite names this version knows, one line each with its rules."""
-    from heatjob.lrp import composite_names, describe_composite
+    from heatjob.attribution.lrp import composite_names, describe_composite
 
     names = composite_names()
     width = max(len(n) for n in names)

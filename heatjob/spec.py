@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heatjob.data.registry import dataset_kinds
 from heatjob.errors import SpecError
 
-DATASET_KINDS = ("voc", "imagefolder", "synthetic")
 STORE_DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_IMAGE_SIZE = 4096  # a float32 heatmap row is then 64 MiB; larger is a typo
@@ -231,8 +231,9 @@ def _check_values(spec: JobSpec) -> None:
     def fail(key: str, message: str) -> None:
         raise SpecError(f"{src}: {key} {message}")
 
-    if ds.kind not in DATASET_KINDS:
-        fail("[dataset] kind", f"must be one of {', '.join(DATASET_KINDS)}, got {ds.kind!r}")
+    kinds = dataset_kinds()
+    if ds.kind not in kinds:
+        fail("[dataset] kind", f"must be one of {', '.join(kinds)}, got {ds.kind!r}")
     if ds.kind != "synthetic" and not ds.root:
         fail("[dataset] root", f"is required for kind = {ds.kind!r}")
     if not 8 <= ds.image_size <= MAX_IMAGE_SIZE:

@@ -23,9 +23,11 @@ import torch
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from heatjob.data.preprocess import to_input
-from heatjob.plan import make_plan
-from heatjob.store import create_store, finish_unit, write_unit_heatmaps
+from heatjob.data.transforms import to_input
+from heatjob.job.prepare import job_from_arrays
+from heatjob.spec import parse_spec
+from heatjob.store.layout import create_store
+from heatjob.store.units import finish_unit, write_unit_heatmaps
 
 
 class RequestCounter(logging.Handler):
@@ -73,15 +75,21 @@ def s3_requests(n_composites: int, n_classes: int, size: int = 224) -> dict[str,
         n = 256
         labels = np.zeros((n, n_classes), dtype=bool)
         labels[np.arange(n), np.arange(n) % n_classes] = True
-        plan = make_plan([[i % n_classes] for i in range(n)], "labels", n_classes, 64)
         composites = [f"c{i}" for i in range(n_composites)]
         url = "s3://scaling/job.zarr"
+        spec = parse_spec(
+            {
+                "dataset": {"kind": "synthetic", "image_size": size},
+                "model": {"arch": "small_cnn"},
+                "attribution": {"composites": composites},
+                "store": {"path": url, "dtype": "float16", "storage_options": options},
+                "run": {"shard_size": 64},
+            }
+        )
+        job = job_from_arrays(spec, labels)
+        plan = job.plan
         counter.count = 0
-        root = create_store(
-            url, {"format": 1, "spec": {}}, plan, [str(i) for i in range(n)],
-            np.ones((n, 2), np.int32), labels, np.zeros(0, np.int64), np.zeros(0, np.int32),
-            np.zeros((0, 4), np.float32), np.zeros(0, bool), composites, size, "float16", options,
-        )  # fmt: skip
+        root = create_store(job, attrs={"format": 1, "spec": {}})
         created = counter.count
         unit = plan.units[1]
         maps = {c: np.zeros((unit.n_rows, size, size), np.float32) for c in composites}

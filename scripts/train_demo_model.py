@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from heatjob.data import open_dataset
-from heatjob.data.preprocess import to_input
+from heatjob.data.transforms import to_input
 from heatjob.models import SmallCNN
 
 MEAN = (0.485, 0.456, 0.406)

@@ -10,10 +10,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from test_merge import COMPOSITES, make_store
+from factories import COMPOSITES, make_store
 
 import heatjob
-from heatjob.merge import merge
+from heatjob.eval.merge import merge
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -23,11 +23,12 @@ import torch
 import zarr
 from ray_cluster import start_two_nodes
 
+from heatjob.job.plan import owned_samples
+from heatjob.job.worker import UnitWorker
 from heatjob.models import SmallCNN
-from heatjob.plan import owned_samples
 from heatjob.spec import load_spec
-from heatjob.store import open_store, store_units
-from heatjob.worker import UnitWorker
+from heatjob.store.layout import open_store
+from heatjob.store.units import store_units
 
 pytestmark = pytest.mark.slow
 

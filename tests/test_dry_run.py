@@ -18,9 +18,9 @@ import ray
 import torch
 import zarr
 
-from heatjob.dryrun import dry_run, format_dry_run
+from heatjob.job.dryrun import dry_run, format_dry_run
 from heatjob.models import SmallCNN
-from heatjob.spec import parse_spec
+from heatjob.spec import parse_spec, to_toml
 
 HEATJOB = [sys.executable, "-m", "heatjob.cli"]
 
@@ -100,3 +100,42 @@ def test_the_printed_plan_is_what_submit_then_does(tmp_path):
     assert f"resumes: {units} of {units} units done" in again
     assert f"{units} units of 8 rows, 0 to run" in again
     assert not np.isnan(store["heatmaps/lrp-eps"][:]).any()
+
+
+def test_a_store_of_another_job_is_refused_by_the_dry_run_as_by_submit(tmp_path):
+    from factories import make_store
+
+    from heatjob.errors import HeatjobError
+    from heatjob.job.submit import submit
+
+    raw = spec_dict(tmp_path, workers=1)
+    make_store(raw["store"]["path"], n_samples=16)  # another job's finished store
+    spec = parse_spec(raw, source="job.toml")
+    with pytest.raises(HeatjobError) as by_submit:
+        submit(spec, progress=False)
+    with pytest.raises(HeatjobError) as by_dry_run:
+        dry_run(spec, progress=False)
+    assert str(by_dry_run.value) == str(by_submit.value)
+    assert "was made by a different spec" in str(by_submit.value)
+    assert not ray.is_initialized()
+    # on the command line: the same one line, exit code 2, the store untouched
+    spec_file = tmp_path / "job.toml"
+    spec_file.write_text(to_toml(raw))
+    before = sorted(p.name for p in Path(raw["store"]["path"]).rglob("*"))
+    done = subprocess.run(
+        [*HEATJOB, "submit", str(spec_file), "--dry-run", "-q"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"heatjob: error: {by_submit.value}"
+    assert sorted(p.name for p in Path(raw["store"]["path"]).rglob("*")) == before
+
+
+def test_overwrite_in_a_dry_run_says_what_submit_would_delete(tmp_path):
+    from factories import make_store
+
+    raw = spec_dict(tmp_path, workers=1)
+    make_store(raw["store"]["path"], n_samples=16)
+    run = dry_run(parse_spec(raw, source="job.toml"), progress=False, overwrite=True)
+    assert "(overwrite: the store there is deleted first)" in format_dry_run(run)
+    assert run.units_pending == len(run.job.plan.units)
+    assert (Path(raw["store"]["path"]) / "zarr.json").exists()  # a dry run deletes nothing

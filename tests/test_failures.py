@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from data_factories import make_voc_folder
+from factories import make_voc_folder
 
-from heatjob import runner
 from heatjob.data import open_dataset, read_records
 from heatjob.data.voc import parse_annotation
 from heatjob.errors import DataError
+from heatjob.job import runner
 from heatjob.models import build_model
 
 HEATJOB = [sys.executable, "-m", "heatjob.cli"]
@@ -179,8 +179,8 @@ BAD_SPECS = [
 def test_bad_specs_of_every_kind_are_found_before_anything_runs(tmp_path, replace, fragments):
     """What `heatjob submit` checks before Ray starts: load_spec, then prepare (no Ray)."""
     from heatjob.errors import SpecError
+    from heatjob.job.prepare import prepare
     from heatjob.spec import load_spec
-    from heatjob.submit import prepare
 
     spec = spec_text(tmp_path, **replace)
     with pytest.raises(SpecError) as info:
@@ -203,8 +203,8 @@ def test_a_bad_spec_through_the_cli_exits_2_with_one_line(tmp_path):
 
 def test_a_checkpoint_that_is_not_a_state_dict_is_one_line(tmp_path):
     from heatjob.errors import SpecError
+    from heatjob.job.prepare import prepare
     from heatjob.spec import load_spec
-    from heatjob.submit import prepare
 
     (tmp_path / "garbage.pt").write_bytes(b"not a torch file at all")
     torch.save({"head.weight": torch.zeros(3)}, tmp_path / "other.pt")
@@ -224,8 +224,8 @@ def test_foreign_stores_are_never_touched(tmp_path):
     to resume and as one to overwrite, byte for byte as they were (in-process: the refusal
     comes before Ray starts; the CLI's side is the slow test below)."""
     from heatjob.errors import HeatjobError
+    from heatjob.job.submit import submit
     from heatjob.spec import load_spec
-    from heatjob.submit import submit
 
     precious, other = foreign_folders(tmp_path)
     for target in (precious, other):
@@ -345,7 +345,8 @@ def test_bad_samples_are_recorded_and_the_job_finishes_the_rest(tmp_path):
     ]
 
     # merge leaves the failed sample's rows out of every metric and says how many
-    from heatjob.merge import format_table, merge
+    from heatjob.eval.merge import merge
+    from heatjob.eval.report import format_table
 
     merged = merge(str(tmp_path / "out.zarr"), progress=False, resamples=0)
     n_failed_rows = int((rows_sample == bad[0]).sum())

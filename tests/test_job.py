@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms as T
 import xarray as xr
 import zarr
-from data_factories import make_voc_folder
+from factories import make_voc_folder
 from PIL import Image
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
@@ -24,10 +24,10 @@ from zennit.composites import EpsilonPlusFlat
 
 from heatjob.data.base import VOC_CLASSES
 from heatjob.errors import HeatjobError
-from heatjob.merge import merge
+from heatjob.eval.merge import merge
+from heatjob.job.submit import submit
 from heatjob.models import SmallCNN
 from heatjob.spec import parse_spec, with_overrides
-from heatjob.submit import submit
 
 pytestmark = pytest.mark.slow
 
@@ -292,8 +292,9 @@ def test_imagefolder_store_skips_box_metrics_and_says_so(ray_session, tmp_path):
 
 
 def test_a_worker_that_cannot_set_up_fails_with_the_one_line_cause(voc_job, ray_session):
-    from heatjob.runner import WorkerPlan, run_units
-    from heatjob.store import open_store, store_units
+    from heatjob.job.runner import WorkerPlan, run_units
+    from heatjob.store.layout import open_store
+    from heatjob.store.units import store_units
 
     spec = voc_job["spec"]
     elsewhere = with_overrides(spec, dataset={"root": "/nonexistent/VOC"})

@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
+from heatjob.attribution.lrp import Explainer, explainers_for
 from heatjob.errors import SpecError
-from heatjob.lrp import Explainer, explainers_for
 from heatjob.spec import parse_spec
 
 

@@ -15,8 +15,8 @@ from zennit.attribution import Gradient
 from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat
 from zennit.torchvision import ResNetCanonizer
 
+from heatjob.attribution.lrp import Explainer, ensure_supported
 from heatjob.errors import UnsupportedModelError
-from heatjob.lrp import Explainer, ensure_supported
 
 NUM_CLASSES = 5
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

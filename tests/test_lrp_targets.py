@@ -7,9 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from heatjob.lrp import Explainer
-from heatjob.lrp.engine import _rounds
-from heatjob.worker import explain_unit
+from heatjob.attribution.lrp import Explainer
+from heatjob.attribution.lrp.engine import _rounds
+from heatjob.job.worker import explain_unit
 
 NUM_CLASSES = 6
 

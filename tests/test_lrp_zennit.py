@@ -23,8 +23,8 @@ from zennit.composites import (
 )
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-from heatjob.lrp import Explainer, composite_names, explainers_for
-from heatjob.lrp.engine import RuleLayer
+from heatjob.attribution.lrp import Explainer, composite_names, explainers_for
+from heatjob.attribution.lrp.engine import RuleLayer
 
 NUM_CLASSES = 10
 MEAN = torch.tensor([0.485, 0.456, 0.406])

@@ -1,8 +1,8 @@
 """merge: per-row arrays, failed samples, non-finite maps, per-class and size tables,
 bootstrap intervals; checked against a naive re-reading of the store it writes.
 
-The stores here are real heatjob stores of the synthetic data set (created through
-submit's own `prepare` and `_create`), with heatmaps written by the test instead of
+The stores here are real heatjob stores of the synthetic data set (factories.make_store:
+heatjob's own `prepare` and `create_store`), with heatmaps written by the test instead of
 the model: a blob on one of the target's boxes, so the expected numbers are known.
 """
 
@@ -13,61 +13,11 @@ import json
 import numpy as np
 import pytest
 import zarr
+from factories import COMPOSITES, make_store
 
-from heatjob import metrics as M
-from heatjob.merge import format_table, merge
-from heatjob.spec import parse_spec
-from heatjob.submit import _create, prepare
-
-SIZE = 32
-COMPOSITES = ("EpsilonPlusFlat", "cmp-a2b1-flat")
-
-
-def synthetic_spec(path, n_samples=24, size=SIZE, shard=8, composites=COMPOSITES):
-    return parse_spec(
-        {
-            "dataset": {"kind": "synthetic", "num_samples": n_samples, "image_size": size},
-            "model": {"arch": "small_cnn", "num_classes": 0},
-            "attribution": {"composites": list(composites), "targets": "labels"},
-            "store": {"path": str(path), "dtype": "float16"},
-            "run": {"shard_size": shard},
-        }
-    )
-
-
-def blob_heatmaps(root, composite_index: int, seed: int = 0) -> np.ndarray:
-    """One map per row: a peak on the centre of one of the target's boxes, plus noise.
-
-    Composite 0 puts its peak on the target's first box; composite 1 on the first
-    box of another class when the sample has one (a non-discriminative heatmap).
-    """
-    rng = np.random.default_rng([seed, composite_index])
-    rows_sample, rows_target = root["rows/sample"][:], root["rows/target"][:]
-    bs, bc, xyxy = root["boxes/sample"][:], root["boxes/class"][:], root["boxes/xyxy"][:]
-    s = root["heatmaps"][COMPOSITES[0]].shape[-1]
-    yy, xx = np.mgrid[0:s, 0:s] + 0.5
-    out = np.empty((len(rows_sample), s, s), np.float32)
-    for r, (smp, t) in enumerate(zip(rows_sample, rows_target, strict=True)):
-        own = np.flatnonzero((bs == smp) & (bc == t))
-        other = np.flatnonzero((bs == smp) & (bc != t))
-        box = xyxy[own[0]] if composite_index == 0 or len(other) == 0 else xyxy[other[0]]
-        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0)
-        out[r] = blob + 0.05 * rng.standard_normal((s, s))
-    return out
-
-
-def make_store(path, n_samples=24, shard=8, seed=0, heatmaps=None):
-    """A finished store; `heatmaps` maps composite -> (M, S, S) to override the blobs."""
-    job = prepare(synthetic_spec(path, n_samples, shard=shard), progress=False)
-    root = _create(job)
-    for i, c in enumerate(COMPOSITES):
-        maps = heatmaps[c] if heatmaps and c in heatmaps else blob_heatmaps(root, i, seed)
-        root[f"heatmaps/{c}"][:] = maps
-    n, k = job.arrays["labels"].shape
-    root["samples/logits"][:] = np.random.default_rng(seed).standard_normal((n, k))
-    root["units/done"][:] = True
-    return root
+from heatjob.eval import metrics as M
+from heatjob.eval.merge import merge
+from heatjob.eval.report import format_table
 
 
 @pytest.fixture(scope="module")

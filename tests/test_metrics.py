@@ -1,4 +1,4 @@
-"""Tests for heatjob.metrics: hand-computed cases and independent naive references."""
+"""Tests for heatjob.eval.metrics: hand-computed cases and independent naive references."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from heatjob import metrics as M
+from heatjob.eval import metrics as M
 
 # ----------------------------------------------------------------------------- helpers
 

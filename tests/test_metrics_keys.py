@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from test_metrics import _sk_ap
 
-from heatjob import merge
-from heatjob import metrics as M
+from heatjob.eval import merge
+from heatjob.eval import metrics as M
 
 
 def test_order_keys_sort_and_tie_exactly_like_float16_values() -> None:

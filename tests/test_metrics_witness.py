@@ -1,4 +1,4 @@
-"""Second witnesses for heatjob.metrics: Quantus 0.6.0 where its definition is ours, and
+"""Second witnesses for heatjob.eval.metrics: Quantus 0.6.0 where its definition is ours, and
 the cases where heatjob differs from Quantus on purpose (each one shown, README says why).
 
 Also the non-finite and constant maps, and VOC AP with bootstrap weights against
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_metrics import _devkit_ap, _naive_mass, _sk_ap
 
-from heatjob import metrics as M
+from heatjob.eval import metrics as M
 
 quantus = pytest.importorskip("quantus")
 

@@ -26,11 +26,11 @@ from ray_cluster import free_port
 
 import heatjob
 from heatjob.errors import HeatjobError
-from heatjob.merge import merge
+from heatjob.eval.merge import merge
+from heatjob.job.submit import submit
 from heatjob.models import SmallCNN
 from heatjob.spec import parse_spec, with_overrides
-from heatjob.store import open_store
-from heatjob.submit import submit
+from heatjob.store.layout import open_store
 
 pytestmark = pytest.mark.slow
 
@@ -164,9 +164,7 @@ def test_merge_and_status_through_s3_with_credentials_from_the_environment(s3, j
     )
     assert out.returncode == 0, out.stderr
     expected = merge(jobs["local"].store.path, progress=False)
-    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(
-        json.dumps(expected.metrics)
-    )
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(expected.metrics))
     root, _ = open_store(url, storage_options=options(s3))
     assert root.attrs["metrics"] == json.loads(json.dumps(expected.metrics))
 

@@ -7,23 +7,29 @@ import pytest
 import zarr
 
 from heatjob.errors import HeatjobError
-from heatjob.location import REDACTED, Location, is_url, open_group, redact
-from heatjob.plan import make_plan
-from heatjob.store import create_store, finish_unit, open_store, write_unit_heatmaps
+from heatjob.job.prepare import job_from_arrays
+from heatjob.spec import parse_spec
+from heatjob.store.layout import create_store, open_store, provenance
+from heatjob.store.location import REDACTED, Location, is_url, open_group, redact
+from heatjob.store.units import finish_unit, write_unit_heatmaps
 
 
 def small_store(path: str) -> None:
     n, classes = 6, 3
     labels = np.zeros((n, classes), dtype=bool)
     labels[np.arange(n), np.arange(n) % classes] = True
-    plan = make_plan([[i % classes] for i in range(n)], "labels", classes, 4)
-    spec = {"store": {"path": path}}
-    root = create_store(
-        path, {"format": 1, "spec": spec}, plan, [f"id{i}" for i in range(n)],
-        np.ones((n, 2), np.int32), labels, np.zeros(0, np.int64), np.zeros(0, np.int32),
-        np.zeros((0, 4), np.float32), np.zeros(0, bool), ["EpsilonPlus"], 8, "float32",
-    )  # fmt: skip
-    unit = plan.units[1]
+    spec = parse_spec(
+        {
+            "dataset": {"kind": "synthetic", "image_size": 8},
+            "model": {"arch": "small_cnn"},
+            "attribution": {"composites": ["EpsilonPlus"]},
+            "store": {"path": path, "dtype": "float32"},
+            "run": {"shard_size": 4},
+        }
+    )
+    job = job_from_arrays(spec, labels, sample_ids=[f"id{i}" for i in range(n)])
+    root = create_store(job)
+    unit = job.plan.units[1]
     maps = np.arange(unit.n_rows * 64, dtype=np.float32).reshape(unit.n_rows, 8, 8)
     write_unit_heatmaps(path, unit, {"EpsilonPlus": maps})
     finish_unit(root, unit, range(4, 6), np.ones((2, classes), np.float32), None, ("h", "n", 7))
@@ -77,12 +83,18 @@ def test_secrets_are_redacted_at_any_depth_and_the_rest_kept():
 
 
 def test_provenance_in_the_store_holds_no_secret(tmp_path):
-    from heatjob.store import provenance
-
-    spec = {"store": {"path": "s3://b/k", "storage_options": {"secret": "s3cr3t"}}}
-    attrs = provenance(spec, ["a"], "", 4, False, 1)
+    options = {"secret": "s3cr3t"}
+    spec = parse_spec(
+        {
+            "dataset": {"kind": "synthetic"},
+            "model": {"arch": "small_cnn"},
+            "attribution": {"composites": ["EpsilonPlus"]},
+            "store": {"path": "s3://b/k", "storage_options": options},
+        }
+    )
+    attrs = provenance(job_from_arrays(spec, np.ones((1, 1), bool)))
     assert attrs["spec"]["store"]["storage_options"] == {"secret": REDACTED}
-    assert spec["store"]["storage_options"] == {"secret": "s3cr3t"}
+    assert spec.store.storage_options == {"secret": "s3cr3t"}
 
 
 def test_urls_and_unknown_protocols():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heatjob.plan import PENDING_TARGET, make_plan, owned_samples, plan_rows
+from heatjob.job.plan import PENDING_TARGET, make_plan, owned_samples, plan_rows
 
 
 def test_label_rows_are_by_sample_then_class():

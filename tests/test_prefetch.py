@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heatjob.prefetch import prefetch
+from heatjob.job.prefetch import prefetch
 
 
 @given(st.lists(st.integers()), st.integers(1, 4))

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from factories import COMPOSITES, make_store
 from PIL import Image
-from test_merge import COMPOSITES, make_store
 
 from heatjob.errors import HeatjobError
-from heatjob.merge import merge
-from heatjob.render import parse_rows, render
+from heatjob.eval.merge import merge
+from heatjob.view.render import parse_rows, render
 
 
 @pytest.fixture(scope="module")

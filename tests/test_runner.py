@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from heatjob import runner
 from heatjob.errors import HeatjobError, SpecError
+from heatjob.job import runner
 
 
 @pytest.fixture

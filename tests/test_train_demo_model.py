@@ -39,7 +39,7 @@ def test_training_script_runs_and_writes_a_loadable_checkpoint(tmp_path):
 
 def test_shipped_demo_model_recognises_the_demo_shapes():
     from heatjob.data import open_dataset
-    from heatjob.data.preprocess import to_input
+    from heatjob.data.transforms import to_input
 
     model = build_model("small_cnn", 6, checkpoint=str(ROOT / "models/small_cnn_shapes.pt"))
     dataset = open_dataset("synthetic", "", "", 0, num_samples=64, seed=0, image_size=64)

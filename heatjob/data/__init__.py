@@ -1,24 +1,22 @@
 """Data set readers: sample ids, sizes, labels and boxes, and RGB images.
 
-`to_input` (image -> model input) lives in heatjob.data.preprocess, which imports torch.
+Each reader registers its kind (heatjob.data.registry); `to_input` (image -> model
+input) lives in heatjob.data.transforms, which imports torch.
 """
 
-from heatjob.data.base import (
-    DATASET_KINDS,
-    VOC_CLASSES,
-    Dataset,
-    SampleRecord,
-    open_dataset,
-    read_records,
-    scale_boxes,
-)
+# the readers: imported for their registration
+from heatjob.data import imagefolder, synthetic, voc  # noqa: E402, F401, I001
+from heatjob.data.base import VOC_CLASSES, Dataset, SampleRecord, read_records, scale_boxes
+from heatjob.data.registry import dataset_kinds, open_dataset, open_job_dataset, register_dataset
 
 __all__ = [
-    "DATASET_KINDS",
     "VOC_CLASSES",
     "Dataset",
     "SampleRecord",
+    "dataset_kinds",
     "open_dataset",
+    "open_job_dataset",
     "read_records",
+    "register_dataset",
     "scale_boxes",
 ]

@@ -35,8 +35,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 
-DATASET_KINDS = ("voc", "imagefolder", "synthetic")
-
 
 def _frozen_array(values, dtype, shape: tuple[int, ...]) -> np.ndarray:
     array = np.array(values, dtype=dtype).reshape(shape)
@@ -201,39 +199,6 @@ def read_image_size(path) -> tuple[int, int]:
 
 def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
-
-
-def open_dataset(
-    kind: str,
-    root: str,
-    split: str,
-    limit: int,
-    *,
-    num_samples: int = 256,
-    seed: int = 0,
-    image_size: int = 64,
-) -> Dataset:
-    """The data set named by the job spec's [dataset] table.
-
-    `limit` 0 keeps every sample, otherwise the first `limit` of the split's order.
-    """
-    if limit < 0:
-        raise DataError(f"dataset limit must be 0 (all) or positive, got {limit}")
-    if kind == "voc":
-        from heatjob.data.voc import VOCDataset
-
-        return VOCDataset(root, split, limit)
-    if kind == "imagefolder":
-        from heatjob.data.imagefolder import ImageFolderDataset
-
-        return ImageFolderDataset(root, limit)
-    if kind == "synthetic":
-        from heatjob.data.synthetic import SyntheticDataset
-
-        return SyntheticDataset(
-            num_samples=num_samples, seed=seed, image_size=image_size, limit=limit
-        )
-    raise DataError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
 
 
 def scale_boxes(boxes: np.ndarray, height: int, width: int, size: int) -> np.ndarray:

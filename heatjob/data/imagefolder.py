@@ -15,15 +15,21 @@ from heatjob.data.base import (
     read_image,
     read_image_size,
 )
+from heatjob.data.registry import register_dataset
 from heatjob.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
+@register_dataset("imagefolder")
 class ImageFolderDataset:
     """Classes are the sorted subfolder names; samples are ordered by (class, file name)."""
 
     has_boxes = False
+
+    @classmethod
+    def open(cls, *, root: str, limit: int, **_: object) -> ImageFolderDataset:
+        return cls(root, limit)
 
     def __init__(self, root: str | Path, limit: int = 0) -> None:
         self.root = Path(root)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from heatjob.data.base import SampleRecord, check_index, make_record
+from heatjob.data.registry import register_dataset
 from heatjob.errors import DataError
 
 SHAPE_CLASSES: tuple[str, ...] = ("disk", "square", "triangle", "cross", "ring", "bar")
@@ -143,10 +144,17 @@ def generate_sample(
     )
 
 
+@register_dataset("synthetic")
 class SyntheticDataset:
     """`num_samples` generated images of image_size x image_size with 1-3 shapes each."""
 
     has_boxes = True
+
+    @classmethod
+    def open(
+        cls, *, limit: int, num_samples: int, seed: int, image_size: int, **_: object
+    ) -> SyntheticDataset:
+        return cls(num_samples=num_samples, seed=seed, image_size=image_size, limit=limit)
 
     def __init__(
         self, num_samples: int = 256, seed: int = 0, image_size: int = 64, limit: int = 0

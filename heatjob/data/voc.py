@@ -19,6 +19,7 @@ from heatjob.data.base import (
     read_image,
     read_image_size,
 )
+from heatjob.data.registry import register_dataset
 from heatjob.errors import DataError
 
 _MAX_SIDE = 2**31 - 1  # samples/size is int32
@@ -124,10 +125,15 @@ def parse_annotation(
     )
 
 
+@register_dataset("voc")
 class VOCDataset:
     """A split of a PASCAL VOC folder; class k is VOC_CLASSES[k]."""
 
     has_boxes = True
+
+    @classmethod
+    def open(cls, *, root: str, split: str, limit: int, **_: object) -> VOCDataset:
+        return cls(root, split, limit)
 
     def __init__(self, root: str | Path, split: str, limit: int = 0) -> None:
         self.root = Path(root)

@@ -11,22 +11,18 @@ Nothing is written to the store location and no Ray is started (with
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import zarr
 
-from heatjob.errors import HeatjobError
-from heatjob.location import Location
-from heatjob.plan import PENDING_TARGET
-from heatjob.runner import WorkerPlan, plan_workers
+from heatjob.job.prepare import PreparedJob, prepare
+from heatjob.job.runner import WorkerPlan, cluster_resources, plan_workers
+from heatjob.job.state import store_state
+from heatjob.job.worker import UnitWorker
 from heatjob.spec import JobSpec
-from heatjob.store import done_flags, open_store
-from heatjob.submit import PreparedJob, prepare
-from heatjob.worker import UnitWorker, explain_unit
+from heatjob.store.layout import stored_bytes_per_row
 
 RAY_START_SECONDS = 10.0  # a local ray.init on a small machine; attaching is ~1 s
 
@@ -92,47 +88,9 @@ class DryRun:
         return self.calibration.seconds_per_row * self.rows_pending / self.workers.workers
 
 
-def local_resources() -> dict[str, float]:
-    """What a local Ray would find: the CPUs this process may use, the visible GPUs."""
-    return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
-
-
-def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        return local_resources(), "this machine"
-    import ray
-
-    from heatjob.runner import connect
-
-    attached = ray.is_initialized()
-    connect(address)
-    try:
-        return dict(ray.cluster_resources()), f"the cluster at {address}"
-    finally:
-        if not attached:
-            ray.shutdown()
-
-
-def _store_state(spec: JobSpec, job: PreparedJob) -> tuple[str, list]:
-    location = Location(spec.store.path, spec.store.storage_options)
-    location.check_container()
-    units = list(job.plan.units)
-    if location.is_file() or not location.names():
-        return "new", units
-    try:
-        root, _ = open_store(spec.store.path, storage_options=spec.store.storage_options)
-    except HeatjobError:
-        return "exists and is not a heatjob store: submit refuses it without --overwrite", units
-    done = done_flags(root)
-    if len(done) != len(units):
-        return "holds another job: submit refuses it without --overwrite", units
-    pending = [u for u in units if not done[u.index]]
-    return f"resumes: {len(units) - len(pending)} of {len(units)} units done", pending
-
-
 def calibrate(job: PreparedJob, workers: WorkerPlan) -> Calibration:
-    """One batch through a worker built like a Ray actor's, timed; heatmaps to memory only."""
+    """One batch of rows, spread over the data set, through `UnitWorker.explain` (the path
+    every unit takes), timed; heatmaps to memory only."""
     spec = job.spec
     threads_before = torch.get_num_threads()
     try:
@@ -140,91 +98,47 @@ def calibrate(job: PreparedJob, workers: WorkerPlan) -> Calibration:
         worker = UnitWorker(spec.to_dict(), "", job.num_classes, workers.threads)
         n = min(spec.run.batch_size, job.plan.n_rows)
         rows = np.unique(np.linspace(0, job.plan.n_rows - 1, n).round().astype(np.int64))
-        rows_sample = job.plan.rows_sample[rows]
-        samples = sorted(set(rows_sample.tolist()))
-        # a one-row pass per composite first: one-time costs (modified weights, kernels)
-        # are paid once per worker, not per row
-        warm = worker._load(samples[:1])[0].to(worker.device)
-        for explainer in worker.explainers.values():
-            explainer.explain(warm, torch.zeros(1, dtype=torch.long))
+        rows_sample, rows_target = job.plan.rows_sample[rows], job.plan.rows_target[rows]
+        # one row first: one-time costs (modified weights, kernels) are paid once per
+        # worker, not per row
+        worker.explain(rows_sample[:1], rows_target[:1])
         setup_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        batch, _ = worker._load(samples)
-        load_s = time.perf_counter() - started
-        started = time.perf_counter()
-        with torch.no_grad():
-            x = batch.to(worker.device)
-            logits = worker.model(x)
-            _sync(worker.device)
-        forward_s = time.perf_counter() - started
-        index = {s: i for i, s in enumerate(samples)}
-        targets = job.plan.rows_target[rows].astype(np.int64)
-        pending = targets == PENDING_TARGET  # predicted:K: the top logit stands in
-        top = logits.argmax(1).cpu().numpy()[[index[s] for s in rows_sample.tolist()]]
-        targets = np.where(pending, top, targets)
-        inputs = {s: x[index[s]] for s in samples}
-        maps = {}
-        started = time.perf_counter()
-        # the worker's own explain path: the rows of a batch of images share a forward pass
-        for name, explainer in worker.explainers.items():
-            maps[name] = explain_unit(
-                explainer, inputs, rows_sample, targets, spec.run.batch_size
-            )
-        _sync(worker.device)
-        explain_s = time.perf_counter() - started
+        done = worker.explain(rows_sample, rows_target)
     finally:
         torch.set_num_threads(threads_before)
     return Calibration(
         rows=len(rows),
-        samples=len(samples),
+        samples=len(set(rows_sample.tolist())),
         device=str(worker.device),
         threads=workers.threads,
         setup_s=setup_s,
-        load_s=load_s,
-        forward_s=forward_s,
-        explain_s=explain_s,
-        bytes_per_row=_stored_bytes_per_row(maps, spec.store.dtype),
+        load_s=done.seconds["load"],
+        forward_s=done.seconds["forward"],
+        explain_s=done.seconds["explain"],
+        bytes_per_row=stored_bytes_per_row(done.heatmaps, spec.store.dtype),
     )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _stored_bytes_per_row(maps: dict[str, np.ndarray], dtype: str) -> float:
-    """Bytes per row and composite as the store would hold them: an in-memory twin array."""
-    total, rows = 0, 0
-    for values in maps.values():
-        n, size, _ = values.shape
-        objects: dict = {}
-        array = zarr.create_array(
-            zarr.storage.MemoryStore(objects),
-            shape=values.shape,
-            dtype=dtype,
-            chunks=(1, size, size),  # as the store: one row per chunk, the rows in one shard
-            shards=(n, size, size),
-            fill_value=np.nan,
-        )
-        array[:] = values.astype(dtype)
-        total += sum(len(v) for k, v in objects.items() if not k.endswith("zarr.json"))
-        rows += n
-    return total / rows
-
-
-def dry_run(spec: JobSpec, address: str | None = None, progress: bool = True) -> DryRun:
+def dry_run(
+    spec: JobSpec, address: str | None = None, progress: bool = True, overwrite: bool = False
+) -> DryRun:
+    """Everything submit would decide, and one calibration batch; the store that submit
+    would refuse is refused here with the same error."""
     job = prepare(spec, progress=progress)
-    state, pending = _store_state(spec, job)
+    state = store_state(job, overwrite=overwrite)
     resources, source = cluster_resources(address)
     workers = plan_workers(
-        spec.run.workers, spec.run.device, max(1, len(pending)), spec.run.num_gpus, resources
+        spec.run.workers,
+        spec.run.device,
+        max(1, len(state.pending)),
+        spec.run.num_gpus,
+        resources,
     )
     return DryRun(
         job=job,
-        store_state=state,
-        units_pending=len(pending),
-        rows_pending=sum(u.n_rows for u in pending),
+        store_state=state.describe(len(job.plan.units)),
+        units_pending=len(state.pending),
+        rows_pending=sum(u.n_rows for u in state.pending),
         workers=workers,
         resources=resources,
         resources_from=source,

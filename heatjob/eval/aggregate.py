@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heatjob import metrics
+from heatjob.eval import metrics
+from heatjob.store import schema
 
 ROW_MEANS = (
     "relevance_mass",
@@ -29,7 +30,7 @@ ROW_MEANS = (
     "class_discriminativity",
 )
 CLASS_MEANS = ("pointing_game", "pointing_game_difficult", "pixel_ap")
-AGGREGATES = (*CLASS_MEANS[:2], *ROW_MEANS[:3], "pixel_ap", "box_ap50", *ROW_MEANS[3:])
+AGGREGATES = tuple(name for name in schema.METRIC_NAMES if name != "n_rows")
 SIZE_BINS = (("small", 0.0, 1 / 16), ("medium", 1 / 16, 1 / 4), ("large", 1 / 4, 1.01))
 
 

@@ -18,20 +18,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from heatjob import metrics  # noqa: E402
 from heatjob.errors import HeatjobError  # noqa: E402
-from heatjob.store import open_store  # noqa: E402
+from heatjob.eval import metrics  # noqa: E402
+from heatjob.store import schema
+from heatjob.store.layout import open_store  # noqa: E402
 
 CMAP = "bwr"
 FIGURE_METRICS = [
-    ("pointing_game", "pointing game"),
-    ("pointing_game_difficult", "pointing game (hard)"),
-    ("relevance_mass", "relevance mass μ"),
-    ("relevance_mass_weighted", "size-weighted μ_w"),
-    ("relevance_rank", "relevance rank"),
-    ("pixel_ap", "pixel AP"),
-    ("box_ap50", "box AP@0.5"),
-    ("class_discriminativity", "class discriminativity"),
+    (name, schema.METRIC_TITLES[name])
+    for name in schema.METRIC_NAMES
+    if name not in ("other_class_mass", "n_rows")
 ]
 
 
@@ -67,8 +63,8 @@ def _input_images(info, samples: list[int], notes: list[str]) -> dict[int, np.nd
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
+    from heatjob.data import open_job_dataset
     from heatjob.spec import parse_spec
-    from heatjob.worker import open_job_dataset
 
     size = info.image_size
     try:
@@ -94,16 +90,16 @@ class _Row:
 
     def __init__(self, root, boxes: tuple, row: int, image, classes: list[str]):
         self.row = row
-        self.sample = int(root["rows/sample"][row])
-        self.target = int(root["rows/target"][row])
+        self.sample = int(root[schema.ROW_SAMPLE][row])
+        self.target = int(root[schema.ROW_TARGET][row])
         self.name = classes[self.target] if self.target < len(classes) else str(self.target)
-        self.sample_id = str(root["samples/id"][self.sample])
+        self.sample_id = str(root[schema.SAMPLE_ID][self.sample])
         self.image = image
         bs, bc, xyxy = boxes
         here = bs == self.sample
         self.boxes = xyxy[here & (bc == self.target)]
         self.other_boxes = xyxy[here & (bc != self.target)]
-        self.size = root["samples/size"][self.sample]
+        self.size = root[schema.SAMPLE_SIZE][self.sample]
 
 
 def _scores(heatmap: np.ndarray, row: _Row) -> str:
@@ -171,15 +167,17 @@ def render(
         raise HeatjobError(
             f"--composites: {unknown[0]!r} is not in the store ({', '.join(info.composites)})"
         )
-    n_rows = root["rows/sample"].shape[0]
+    n_rows = root[schema.ROW_SAMPLE].shape[0]
     chosen = choose_rows(n_rows, rows, sample, seed)
     notes = notes if notes is not None else []
-    samples = sorted({int(root["rows/sample"][r]) for r in chosen})
+    samples = sorted({int(root[schema.ROW_SAMPLE][r]) for r in chosen})
     images = _input_images(info, samples, notes)
     classes = list(info.attrs.get("classes", []))
-    boxes = (root["boxes/sample"][:], root["boxes/class"][:], root["boxes/xyxy"][:])
-    drawn = [_Row(root, boxes, r, images[int(root["rows/sample"][r])], classes) for r in chosen]
-    heatmaps = {c: {r: root[f"heatmaps/{c}"][r].astype(np.float32) for r in chosen} for c in names}
+    boxes = (root[schema.BOX_SAMPLE][:], root[schema.BOX_CLASS][:], root[schema.BOX_XYXY][:])
+    drawn = [_Row(root, boxes, r, images[int(root[schema.ROW_SAMPLE][r])], classes) for r in chosen]
+    heatmaps = {
+        c: {r: root[schema.heatmaps(c)][r].astype(np.float32) for r in chosen} for c in names
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -18,8 +18,8 @@ import numpy as np
 import ray
 
 from heatjob.errors import HeatjobError, SpecError
-from heatjob.plan import Unit, owned_samples
-from heatjob.worker import UnitResult, UnitWorker
+from heatjob.job.plan import Unit, owned_samples
+from heatjob.job.worker import UnitResult, UnitWorker
 
 OBJECT_STORE_BYTES = 256 * 1024**2  # results are small; a local Ray needs little
 
@@ -36,11 +36,16 @@ class WorkerPlan:
         return f"{self.workers} {kind} worker{'s' if self.workers != 1 else ''}"
 
 
+def ray_address(address: str | None) -> str | None:
+    """The cluster to attach to: `--address`, else RAY_ADDRESS, else None (a local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None) -> bool:
     """Attach to `address` / RAY_ADDRESS, or start a local Ray. True if we started it."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_address(address)
     if address is not None and not _reachable(address):
         raise HeatjobError(f"cannot reach the Ray cluster at {address} (nothing answers there)")
     kwargs: dict = {"include_dashboard": False, "logging_level": "ERROR"}
@@ -51,6 +56,32 @@ def connect(address: str | None) -> bool:
     except ConnectionError as exc:
         raise HeatjobError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     return address is None
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray would find: the CPUs this process may use, the visible GPUs."""
+    import torch
+
+    return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
+
+
+def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
+    """The resources workers can be planned on, and where they are, without starting a
+    local Ray: this machine's, or those of the cluster at `address` / RAY_ADDRESS."""
+    address = ray_address(address)
+    if address is None:
+        return local_resources(), "this machine"
+    attached = ray.is_initialized()
+    connect(address)
+    try:
+        return dict(ray.cluster_resources()), f"the cluster at {address}"
+    finally:
+        if not attached:
+            ray.shutdown()
 
 
 def _reachable(address: str, timeout: float = 5.0) -> bool:

@@ -9,7 +9,7 @@ centre-point heatmap, so a reader can tell what a number is worth.
 Memory: one shard of each composite at a time; what is kept per row is a few
 numbers (the per-row values), which go back into the store as
 `metrics/<composite>/<metric>` arrays. Aggregates, per-class and size tables and
-bootstrap intervals are computed from them (heatjob.aggregate).
+bootstrap intervals are computed from them (heatjob.eval.aggregate).
 """
 
 from __future__ import annotations
@@ -17,41 +17,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 from tqdm import tqdm
 
-from heatjob import aggregate, metrics
 from heatjob.errors import HeatjobError
-from heatjob.store import StoreInfo, done_flags, open_store, store_units
+from heatjob.eval import aggregate, metrics
+from heatjob.store import schema
+from heatjob.store.layout import StoreInfo, consolidate, open_store, write_row_array
+from heatjob.store.units import done_flags, store_units
 
-METRIC_NAMES = (
-    "pointing_game",
-    "pointing_game_difficult",
-    "relevance_mass",
-    "relevance_mass_weighted",
-    "relevance_rank",
-    "pixel_ap",
-    "box_ap50",
-    "class_discriminativity",
-    "other_class_mass",
-    "n_rows",
-)
-BASELINES = ("baseline:random", "baseline:centre")
-# per-row arrays written to metrics/<composite>/<name>, one value per store row
-ROW_ARRAYS = (
-    "pointing_game",
-    "relevance_mass",
-    "relevance_mass_weighted",
-    "relevance_rank",
-    "pixel_ap",
-    "other_class_mass",
-)
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
@@ -88,29 +66,29 @@ class MergeReport:
     excluded_failed: int = 0
 
 
-def failed_samples(root: zarr.Group, n_samples: int) -> np.ndarray:
+def failed_samples(root, n_samples: int) -> np.ndarray:
     """(N,) bool from `samples/failed` (written by submit when an input could not be read)."""
     if "failed" not in root["samples"]:
         return np.zeros(n_samples, dtype=bool)
-    return np.asarray(root["samples/failed"][:], dtype=bool)
+    return np.asarray(root[schema.SAMPLE_FAILED][:], dtype=bool)
 
 
-def row_geometry(root: zarr.Group) -> RowGeometry:
+def row_geometry(root) -> RowGeometry:
     """Scored rows and their target boxes, from the store's small arrays.
 
     A row is scored when its target class has a box in its sample and the sample is
     not marked failed; a failed sample's boxes leave the ground truth too.
     """
-    rows_sample = root["rows/sample"][:]
-    rows_target = root["rows/target"][:].astype(np.int64)
-    labels = root["samples/labels"][:]
-    logits = root["samples/logits"][:]
-    sizes = root["samples/size"][:]
+    rows_sample = root[schema.ROW_SAMPLE][:]
+    rows_target = root[schema.ROW_TARGET][:].astype(np.int64)
+    labels = root[schema.SAMPLE_LABELS][:]
+    logits = root[schema.SAMPLE_LOGITS][:]
+    sizes = root[schema.SAMPLE_SIZE][:]
     failed = failed_samples(root, labels.shape[0])
-    box_sample = root["boxes/sample"][:]
-    box_class = root["boxes/class"][:].astype(np.int64)
-    xyxy = root["boxes/xyxy"][:]
-    difficult = root["boxes/difficult"][:]
+    box_sample = root[schema.BOX_SAMPLE][:]
+    box_class = root[schema.BOX_CLASS][:].astype(np.int64)
+    xyxy = root[schema.BOX_XYXY][:]
+    difficult = root[schema.BOX_DIFFICULT][:]
     keep_box = ~failed[box_sample] if len(box_sample) else np.zeros(0, bool)
     box_sample, box_class = box_sample[keep_box], box_class[keep_box]
     xyxy, difficult = xyxy[keep_box], difficult[keep_box]
@@ -238,7 +216,7 @@ def aggregate_source(scored: aggregate.Scored, design: aggregate.Design) -> dict
     summary = aggregate.summarise(table)
     out: dict[str, float | int | None] = {k: _value(summary[k]) for k in aggregate.AGGREGATES}
     out["n_rows"] = int(table["n_rows"].sum())
-    return {k: out[k] for k in METRIC_NAMES}
+    return {k: out[k] for k in schema.METRIC_NAMES}
 
 
 def class_tables(scored, design, classes: list[str]) -> dict[str, dict[str, float | None]]:
@@ -263,7 +241,7 @@ def size_tables(scored, design, box_share: np.ndarray) -> dict[str, dict[str, fl
     return out
 
 
-def _blocks(root: zarr.Group, info: StoreInfo, geometry: RowGeometry) -> Iterator:
+def _blocks(root, info: StoreInfo, geometry: RowGeometry) -> Iterator:
     """(unit rows slice, positions in geometry) per unit that has scored rows."""
     for unit in store_units(root, info):
         lo, hi = np.searchsorted(geometry.rows, [unit.row_start, unit.row_stop])
@@ -289,8 +267,8 @@ def centre_heatmaps(rows: np.ndarray, size: int) -> np.ndarray:
 def score_store(root, info, geometry, progress: bool) -> dict[str, dict[str, np.ndarray]]:
     """Stream the store one unit (= one shard per composite) at a time: per-row values."""
     size = info.image_size
-    arrays = {c: root[f"heatmaps/{c}"] for c in info.composites}
-    per_row: dict[str, dict[str, list]] = {name: {} for name in [*arrays, *BASELINES]}
+    arrays = {c: root[schema.heatmaps(c)] for c in info.composites}
+    per_row: dict[str, dict[str, list]] = {name: {} for name in [*arrays, *schema.BASELINES]}
     blocks = list(_blocks(root, info, geometry))
     for unit, index in tqdm(
         blocks, desc="merge", unit="shard", disable=not progress, file=sys.stderr, leave=False
@@ -314,27 +292,10 @@ def score_store(root, info, geometry, progress: bool) -> dict[str, dict[str, np.
 
 
 def write_row_arrays(root, info, geometry, per_row: dict) -> None:
-    """metrics/<composite>/<metric> (one value per store row, nan where not scored), rows/*.
-
-    Chunked like the heatmaps (one chunk per shard), so xarray lines them up.
-    """
-    n = root["rows/sample"].shape[0]
-    chunk = (max(1, min(info.shard_size, n)),)
+    """metrics/<composite>/<metric> (one value per store row, nan where not scored), rows/*."""
 
     def put(name: str, values: np.ndarray, fill) -> None:
-        full = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
-        full[geometry.rows] = values
-        array = root.create_array(
-            name,
-            shape=full.shape,
-            dtype=full.dtype,
-            chunks=chunk + full.shape[1:],
-            dimension_names=("row", *(["xyxy"] if full.ndim == 2 else [])),
-            fill_value=fill,
-            overwrite=True,
-        )
-        if n:
-            array[...] = full
+        write_row_array(root, name, geometry.rows, values, fill)
 
     for composite in info.composites:
         values = per_row[composite]
@@ -346,13 +307,13 @@ def write_row_arrays(root, info, geometry, per_row: dict) -> None:
             "pixel_ap": values["pixel_ap"],
             "other_class_mass": values["other_mass"],
         }
-        for name in ROW_ARRAYS:
-            put(f"metrics/{composite}/{name}", source[name].astype(np.float64), np.nan)
-        put(f"metrics/{composite}/heatmap_box", values["box"].astype(np.float32), np.nan)
+        for name in schema.ROW_METRICS:
+            put(schema.metric(composite, name), source[name].astype(np.float64), np.nan)
+        put(schema.metric(composite, schema.HEATMAP_BOX), values["box"].astype(np.float32), np.nan)
     first = per_row[info.composites[0]]
-    put("rows/scored", np.ones(len(geometry.rows), dtype=bool), False)
-    put("rows/hard", first["hard"].astype(bool), False)
-    put("rows/box_share", first["box_share"].astype(np.float64), np.nan)
+    put(schema.ROW_SCORED, np.ones(len(geometry.rows), dtype=bool), False)
+    put(schema.ROW_HARD, first["hard"].astype(bool), False)
+    put(schema.ROW_BOX_SHARE, first["box_share"].astype(np.float64), np.nan)
 
 
 def merge(
@@ -376,7 +337,7 @@ def merge(
             f"store {path} is not finished: {int(done.sum())} of {len(done)} units done; "
             "run `heatjob submit` again to finish it"
         )
-    for key in ("merged", "metrics", "baselines", "intervals", "per_class", "by_size"):
+    for key in schema.MERGE_ATTRIBUTES:
         if key in root.attrs:
             del root.attrs[key]
     notes: list[str] = []
@@ -388,11 +349,11 @@ def merge(
             if geometry is None
             else "nothing scored: no row's target class has a box in its sample"
         )
-        empty = {name: None for name in METRIC_NAMES} | {"n_rows": 0}
+        empty = {name: None for name in schema.METRIC_NAMES} | {"n_rows": 0}
         report.metrics = {c: dict(empty) for c in info.composites}
-        report.baselines = {b: dict(empty) for b in BASELINES}
+        report.baselines = {b: dict(empty) for b in schema.BASELINES}
     else:
-        n_rows = root["rows/sample"].shape[0]
+        n_rows = root[schema.ROW_SAMPLE].shape[0]
         report.excluded_failed = geometry.failed_rows
         if geometry.failed_rows:
             notes.append(
@@ -416,7 +377,7 @@ def merge(
                 notes.append(f"{composite}: {bad} rows with NaN or Inf in the heatmap not scored")
         scored = {name: aggregate_source(s, design) for name, s in sources.items()}
         report.metrics = {c: scored[c] for c in info.composites}
-        report.baselines = {b: scored[b] for b in BASELINES}
+        report.baselines = {b: scored[b] for b in schema.BASELINES}
         classes = list(info.attrs.get("classes", []))
         box_share = per_row[info.composites[0]]["box_share"]
         report.per_class = {n: class_tables(s, design, classes) for n, s in sources.items()}
@@ -435,88 +396,12 @@ def merge(
         "excluded_failed_rows": report.excluded_failed,
         "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "unit": "sample"},
     }
-    with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
-        warnings.simplefilter("ignore", category=UserWarning)
-        zarr.consolidate_metadata(root.store)  # the open store: a URL keeps its options
+    consolidate(root)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report.metrics, indent=2) + "\n")
     if figure:
-        from heatjob.render import metrics_figure
+        from heatjob.view.render import metrics_figure
 
         metrics_figure(report, figure)
     return report
-
-
-TABLE_COLUMNS = [
-    ("pointing_game", "PG"),
-    ("pointing_game_difficult", "PG-hard"),
-    ("relevance_mass", "mu"),
-    ("relevance_mass_weighted", "mu_w"),
-    ("relevance_rank", "rank"),
-    ("pixel_ap", "pixAP"),
-    ("box_ap50", "boxAP50"),
-    ("class_discriminativity", "discr"),
-    ("n_rows", "rows"),
-]
-
-
-def _cell(value: float | int | None, width: int = 9) -> str:
-    if value is None:
-        return f"{'-':>{width}}"
-    return f"{value:>{width}d}" if isinstance(value, int) else f"{value:>{width}.3f}"
-
-
-def _grid(title: str, groups: list[dict[str, dict]], columns, cell=_cell) -> list[str]:
-    names = [n for group in groups for n in group]
-    width = max(len(n) for n in [*names, title])
-    head = title.ljust(width) + "".join(f"{label:>9}" for _, label in columns)
-    lines = [head, "-" * len(head)]
-    for i, group in enumerate(groups):
-        for name, values in group.items():
-            lines.append(name.ljust(width) + "".join(cell(values.get(k)) for k, _ in columns))
-        if i < len(groups) - 1:
-            lines.append("-" * len(head))
-    return lines
-
-
-def format_table(report: MergeReport) -> str:
-    """The metrics as an aligned text table, baselines under the composites, then the
-    95 % bootstrap intervals and the notes (rows left out and why)."""
-    lines = _grid("composite", [report.metrics, report.baselines], TABLE_COLUMNS)
-    if report.intervals:
-
-        def interval(value) -> str:
-            return f"{'-':>16}" if value is None else f"{f'[{value[0]:.3f},{value[1]:.3f}]':>16}"
-
-        columns = [c for c in TABLE_COLUMNS if c[0] != "n_rows"]
-        lines += ["", "95% intervals (bootstrap over images)"]
-        names = [*report.metrics, *report.baselines]
-        width = max(len(n) for n in [*names, "composite"])
-        lines.append("composite".ljust(width) + "".join(f"{lab:>16}" for _, lab in columns))
-        for name in names:
-            values = report.intervals.get(name, {})
-            lines.append(name.ljust(width) + "".join(interval(values.get(k)) for k, _ in columns))
-    lines += [f"note: {note}" for note in report.notes]
-    return "\n".join(lines)
-
-
-def format_class_table(report: MergeReport) -> str:
-    """Per composite, one line per class."""
-    out = []
-    for name, table in {**report.per_class}.items():
-        if name in report.baselines:
-            continue
-        out += [*_grid(name, [table], TABLE_COLUMNS), ""]
-    return "\n".join(out).rstrip()
-
-
-def format_size_table(report: MergeReport) -> str:
-    """Per composite and baseline, one line per box-size bin (share of the image covered)."""
-    columns = [c for c in TABLE_COLUMNS if c[0] != "box_ap50"]
-    rows = {
-        f"{name} {size}": values
-        for name, bins in report.by_size.items()
-        for size, values in bins.items()
-    }
-    return "\n".join(_grid("composite, target size", [rows], columns))

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.ops import StochasticDepth
 
+from heatjob.attribution.lrp.rules import conv_padding
 from heatjob.errors import UnsupportedModelError
-from heatjob.lrp.rules import conv_padding
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 AFFINE_LAYERS = (nn.Conv2d, nn.Linear)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from heatjob.attribution.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, Z, ZBox
 from heatjob.errors import SpecError
-from heatjob.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, Z, ZBox
 
 # Epsilon of the paper's LRP-eps layers: 0.1, the default of iNNvestigate's sequential CMP
 # presets (LRPSequentialCompositeA/B), the implementation family the paper's strategies come from.

@@ -41,9 +41,7 @@ def zarr_options(path: str, storage_options: dict[str, Any] | None) -> dict[str,
     return {"storage_options": url_options(path, storage_options)} if is_url(path) else {}
 
 
-def open_group(
-    path: str, mode: str, storage_options: dict[str, Any] | None = None
-) -> zarr.Group:
+def open_group(path: str, mode: str, storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """A Zarr v3 group at a local path or URL."""
     return zarr.open_group(path, mode=mode, zarr_format=3, **zarr_options(path, storage_options))
 

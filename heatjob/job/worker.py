@@ -7,6 +7,7 @@ A unit's heatmaps go straight into the store from here; only a small summary
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -15,15 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from heatjob.data import open_dataset
-from heatjob.data.preprocess import to_input
+from heatjob.attribution.lrp import Explainer, explainers_for
+from heatjob.data import open_job_dataset
+from heatjob.data.transforms import to_input
 from heatjob.errors import DataError, SpecError
-from heatjob.lrp import Explainer, explainers_for
+from heatjob.job.plan import PENDING_TARGET, Unit
+from heatjob.job.prefetch import prefetch
 from heatjob.models import build_model
-from heatjob.plan import PENDING_TARGET, Unit
-from heatjob.prefetch import prefetch
 from heatjob.spec import JobSpec, parse_spec
-from heatjob.store import write_unit_heatmaps
+from heatjob.store.units import write_unit_heatmaps
 
 
 @dataclass(frozen=True)
@@ -46,19 +47,6 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def open_job_dataset(spec: JobSpec):
-    ds = spec.dataset
-    return open_dataset(
-        ds.kind,
-        ds.root,
-        ds.split,
-        ds.limit,
-        num_samples=ds.num_samples,
-        seed=ds.seed,
-        image_size=ds.image_size,
-    )
-
-
 class UnitWorker:
     """Everything a worker needs, set up once; `run_unit` per unit of work."""
 
@@ -77,7 +65,7 @@ class UnitWorker:
         m = self.spec.model
         self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
         if self.spec.run.precision == "float16" and self.device.type == "cpu":
-            # measured: ~50x slower than float32 on CPU convolutions, and it overflows
+            # CPU convolutions in float16 are far slower than in float32, and overflow
             raise SpecError("[run] precision float16 needs a GPU; on CPU use bfloat16 or float32")
         self.explainers = explainers_for(
             self.model,
@@ -87,12 +75,12 @@ class UnitWorker:
             precision=self.spec.run.precision,
         )
 
-    def _load(self, samples: list[int]) -> tuple[torch.Tensor, dict[int, str]]:
+    def load(self, samples: list[int]) -> tuple[torch.Tensor, dict[int, str]]:
         """A batch of inputs on the CPU, and the samples whose image could not be read;
-        runs in the loader thread (heatjob.prefetch).
+        runs in the loader thread (heatjob.job.prefetch).
 
         An unreadable image does not stop the job: its input is zeros (so the batch keeps
-        its shape), and run_unit turns its heatmap rows and logits into NaN.
+        its shape), and `explain` turns its heatmap rows and logits into NaN.
         """
         size = self.spec.dataset.image_size
         m = self.spec.model
@@ -107,22 +95,24 @@ class UnitWorker:
         # pinned memory lets the one copy to the GPU run asynchronously
         return (stacked.pin_memory() if self.device.type == "cuda" else stacked), failures
 
-    def run_unit(
-        self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
-    ) -> UnitResult:
-        """Explain rows [unit.row_start, unit.row_stop); write their shards."""
-        start = time.perf_counter()
+    def explain(
+        self, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range = range(0)
+    ) -> Explained:
+        """Load, run forward, choose targets and explain rows with every composite; writes
+        nothing. `owned`: samples whose logits are wanted besides the rows' own."""
         batch_size = self.spec.run.batch_size
         samples = sorted(set(rows_sample.tolist()) | set(owned))
         inputs, logits, failures = {}, {}, {}
         chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+        timer = _Timer()
         with torch.no_grad():
             # the next batch loads while this one runs; each batch moves to the device once,
             # and the explain passes below reuse those device tensors
-            for chunk, (batch, failed) in prefetch(chunks, self._load):
+            for chunk, (batch, failed) in prefetch(chunks, timer.timed("load", self.load)):
                 failures.update(failed)
-                x = batch.to(self.device, non_blocking=True)
-                out = self.model(x).float().cpu().numpy()
+                with timer("forward"):
+                    x = batch.to(self.device, non_blocking=True)
+                    out = self.model(x).float().cpu().numpy()
                 for j, sample in enumerate(chunk):
                     inputs[sample], logits[sample] = x[j], out[j]
         for sample in failures:
@@ -133,31 +123,76 @@ class UnitWorker:
         if (targets == PENDING_TARGET).any():
             targets = predicted_targets(rows_sample, logits)
             chosen = targets
-
-        heatmaps = {
-            name: explain_unit(explainer, inputs, rows_sample, targets, batch_size)
-            for name, explainer in self.explainers.items()
-        }
+        with timer("explain"):
+            heatmaps = {
+                name: explain_unit(explainer, inputs, rows_sample, targets, batch_size)
+                for name, explainer in self.explainers.items()
+            }
         failed_rows = np.isin(rows_sample, list(failures))
         for maps in heatmaps.values():
             maps[failed_rows] = np.nan
+        return Explained(heatmaps, logits, chosen, failures, dict(timer.seconds))
+
+    def run_unit(
+        self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
+    ) -> UnitResult:
+        """Explain rows [unit.row_start, unit.row_stop); write their shards."""
+        start = time.perf_counter()
+        done = self.explain(rows_sample, rows_target, owned)
         _test_hold(unit)
         checksum = write_unit_heatmaps(
-            self.store_path, unit, heatmaps, self.spec.store.storage_options
+            self.store_path, unit, done.heatmaps, self.spec.store.storage_options
         )
-
+        logits = done.logits
         owned_logits = np.stack([logits[s] for s in owned]) if len(owned) else np.zeros((0, 0))
         return UnitResult(
             unit=unit,
             owned=owned,
             logits=owned_logits.astype(np.float32),
-            row_targets=chosen,
+            row_targets=done.chosen_targets,
             seconds=time.perf_counter() - start,
             host=socket.gethostname(),
             pid=os.getpid(),
             checksum=checksum,
-            failures=failures,
+            failures=done.failures,
         )
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What `UnitWorker.explain` made of some rows, before anything is written."""
+
+    heatmaps: dict[str, np.ndarray]  # composite -> (rows, S, S) float32, NaN for failed samples
+    logits: dict[int, np.ndarray]  # sample -> (C,) float32
+    chosen_targets: np.ndarray | None  # the targets it chose (predicted:K), else None
+    failures: dict[int, str]  # unreadable images: sample -> reason
+    seconds: dict[str, float]  # load (in the loader thread), forward, explain
+
+
+class _Timer:
+    """Wall seconds per phase. Each timed phase ends in a copy to the host (logits,
+    heatmaps), so on a GPU it counts the device's work, not just the launches."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"load": 0.0, "forward": 0.0, "explain": 0.0}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
+
+    def timed(self, phase: str, function):
+        def run(*args):
+            started = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                self.seconds[phase] += time.perf_counter() - started
+
+        return run
 
 
 def _test_hold(unit: Unit) -> None:

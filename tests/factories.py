@@ -1,4 +1,6 @@
-"""Small data sets on disk for tests: a PASCAL VOC layout with real JPEGs and XML annotations."""
+"""Builders shared by the tests: small data sets on disk (a PASCAL VOC layout with real
+JPEGs and XML annotations), synthetic job specs, and finished stores of known heatmaps
+made through heatjob's public prepare and create_store."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from heatjob.data.base import VOC_CLASSES
+from heatjob.job.prepare import prepare
+from heatjob.spec import parse_spec
+from heatjob.store.layout import create_store
 
 
 @dataclass(frozen=True)
@@ -159,4 +164,56 @@ def make_voc_folder(
     for split, members in splits.items():
         text = "".join(f"{sample.id}\n" for sample in members)
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text(text)
+    return root
+
+
+SIZE = 32
+COMPOSITES = ("EpsilonPlusFlat", "cmp-a2b1-flat")
+
+
+def synthetic_spec(path, n_samples=24, size=SIZE, shard=8, composites=COMPOSITES):
+    """A synthetic-shapes job of the untrained small CNN, float16 store at `path`."""
+    return parse_spec(
+        {
+            "dataset": {"kind": "synthetic", "num_samples": n_samples, "image_size": size},
+            "model": {"arch": "small_cnn", "num_classes": 0},
+            "attribution": {"composites": list(composites), "targets": "labels"},
+            "store": {"path": str(path), "dtype": "float16"},
+            "run": {"shard_size": shard},
+        }
+    )
+
+
+def blob_heatmaps(root, composite_index: int, seed: int = 0) -> np.ndarray:
+    """One map per row: a peak on the centre of one of the target's boxes, plus noise.
+
+    Composite 0 puts its peak on the target's first box; composite 1 on the first
+    box of another class when the sample has one (a non-discriminative heatmap).
+    """
+    rng = np.random.default_rng([seed, composite_index])
+    rows_sample, rows_target = root["rows/sample"][:], root["rows/target"][:]
+    bs, bc, xyxy = root["boxes/sample"][:], root["boxes/class"][:], root["boxes/xyxy"][:]
+    s = root["heatmaps"][COMPOSITES[0]].shape[-1]
+    yy, xx = np.mgrid[0:s, 0:s] + 0.5
+    out = np.empty((len(rows_sample), s, s), np.float32)
+    for r, (smp, t) in enumerate(zip(rows_sample, rows_target, strict=True)):
+        own = np.flatnonzero((bs == smp) & (bc == t))
+        other = np.flatnonzero((bs == smp) & (bc != t))
+        box = xyxy[own[0]] if composite_index == 0 or len(other) == 0 else xyxy[other[0]]
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0)
+        out[r] = blob + 0.05 * rng.standard_normal((s, s))
+    return out
+
+
+def make_store(path, n_samples=24, shard=8, seed=0, heatmaps=None):
+    """A finished store; `heatmaps` maps composite -> (M, S, S) to override the blobs."""
+    job = prepare(synthetic_spec(path, n_samples, shard=shard), progress=False)
+    root = create_store(job)
+    for i, c in enumerate(COMPOSITES):
+        maps = heatmaps[c] if heatmaps and c in heatmaps else blob_heatmaps(root, i, seed)
+        root[f"heatmaps/{c}"][:] = maps
+    n, k = job.arrays["labels"].shape
+    root["samples/logits"][:] = np.random.default_rng(seed).standard_normal((n, k))
+    root["units/done"][:] = True
     return root

@@ -1,6 +1,6 @@
 """`heatjob.open_store(path)`: a store as one lazy xarray Dataset, for analysis code.
 
-Everything is opened through heatjob.store (so whatever path or URL it accepts
+Everything is opened through heatjob.store.layout (so whatever path or URL it accepts
 works here too) and wrapped in dask arrays chunked by shard: nothing big is read
 until a computation asks for it.
 
@@ -26,8 +26,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from heatjob.merge import ROW_ARRAYS
-from heatjob.store import open_store as _open_group
+from heatjob.store import schema
+from heatjob.store.layout import open_store as _open_group
 
 
 def _lazy(array, rows: int) -> da.Array:
@@ -45,36 +45,38 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
     shard = info.shard_size
     composites = info.composites
     classes = list(info.attrs.get("classes", []))
-    rows_sample = root["rows/sample"][:]
-    rows_target = root["rows/target"][:]
-    sample_ids = np.array(root["samples/id"][:].tolist(), dtype=str)
-    class_names = np.array(classes or [str(c) for c in range(root["samples/labels"].shape[1])])
+    rows_sample = root[schema.ROW_SAMPLE][:]
+    rows_target = root[schema.ROW_TARGET][:]
+    sample_ids = np.array(root[schema.SAMPLE_ID][:].tolist(), dtype=str)
+    class_names = np.array(classes or [str(c) for c in range(root[schema.SAMPLE_LABELS].shape[1])])
 
     data: dict[str, tuple] = {
         "heatmap": (
             ("composite", "row", "y", "x"),
-            da.stack([_lazy(root[f"heatmaps/{c}"], shard) for c in composites]),
+            da.stack([_lazy(root[schema.heatmaps(c)], shard) for c in composites]),
         ),
-        "sample_size": (("sample", "hw"), root["samples/size"][:]),
-        "sample_labels": (("sample", "class"), root["samples/labels"][:]),
-        "sample_logits": (("sample", "class"), root["samples/logits"][:]),
-        "box_sample": (("box",), root["boxes/sample"][:]),
-        "box_class": (("box",), root["boxes/class"][:]),
-        "box_xyxy": (("box", "xyxy"), root["boxes/xyxy"][:]),
-        "box_difficult": (("box",), root["boxes/difficult"][:]),
+        "sample_size": (("sample", "hw"), root[schema.SAMPLE_SIZE][:]),
+        "sample_labels": (("sample", "class"), root[schema.SAMPLE_LABELS][:]),
+        "sample_logits": (("sample", "class"), root[schema.SAMPLE_LOGITS][:]),
+        "box_sample": (("box",), root[schema.BOX_SAMPLE][:]),
+        "box_class": (("box",), root[schema.BOX_CLASS][:]),
+        "box_xyxy": (("box", "xyxy"), root[schema.BOX_XYXY][:]),
+        "box_difficult": (("box",), root[schema.BOX_DIFFICULT][:]),
     }
     if "failed" in root["samples"]:
-        data["sample_failed"] = (("sample",), root["samples/failed"][:])
+        data["sample_failed"] = (("sample",), root[schema.SAMPLE_FAILED][:])
     merged = "metrics" in root and all(c in root["metrics"] for c in composites)
     if merged:
-        for name in ROW_ARRAYS:
+        for name in schema.ROW_METRICS:
             data[name] = (
                 ("composite", "row"),
-                da.stack([_lazy(root[f"metrics/{c}/{name}"], shard) for c in composites]),
+                da.stack([_lazy(root[schema.metric(c, name)], shard) for c in composites]),
             )
         data["heatmap_box"] = (
             ("composite", "row", "xyxy"),
-            da.stack([_lazy(root[f"metrics/{c}/heatmap_box"], shard) for c in composites]),
+            da.stack(
+                [_lazy(root[schema.metric(c, schema.HEATMAP_BOX)], shard) for c in composites]
+            ),
         )
 
     target_names = np.where(
@@ -96,8 +98,8 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
         "row_sample_id": (("row",), sample_ids[rows_sample]),
     }
     if merged and "hard" in root["rows"]:
-        coords["row_hard"] = (("row",), root["rows/hard"][:])
-        coords["row_box_share"] = (("row",), root["rows/box_share"][:])
+        coords["row_hard"] = (("row",), root[schema.ROW_HARD][:])
+        coords["row_box_share"] = (("row",), root[schema.ROW_BOX_SHARE][:])
     attrs = {"heatjob": dict(info.attrs)}
     for key in ("metrics", "baselines", "intervals", "per_class", "by_size"):
         if key in root.attrs:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from heatjob.lrp.canonizers import (
+from heatjob.attribution.lrp.canonizers import (
     ACTIVATIONS,
     ADD_FUNCTIONS,
     AFFINE_LAYERS,
@@ -29,8 +29,8 @@ from heatjob.lrp.canonizers import (
     gate_operand,
     trace,
 )
-from heatjob.lrp.composites import Composite, get_composite
-from heatjob.lrp.rules import (
+from heatjob.attribution.lrp.composites import Composite, get_composite
+from heatjob.attribution.lrp.rules import (
     STABILIZER,
     BoundRule,
     ZBox,

@@ -1,0 +1,1 @@
+"""Scoring a finished store: per-row metrics, aggregates, the merge step, text reports."""

@@ -1,0 +1,158 @@
+"""Planning in the driver: check everything the spec names, read the annotations, and
+build the arrays the store starts with and the plan of rows and units.
+
+No store, no Ray: `submit` and `submit --dry-run` both start here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from heatjob.attribution.lrp import composite_names, ensure_supported
+from heatjob.data import open_job_dataset, read_records, scale_boxes
+from heatjob.errors import DataError, SpecError
+from heatjob.job.plan import Plan, make_plan
+from heatjob.models import build_model, file_sha256
+from heatjob.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    spec: JobSpec
+    num_classes: int
+    classes: list[str]
+    has_boxes: bool
+    plan: Plan
+    arrays: dict[str, np.ndarray]
+    sample_ids: list[str]
+    checkpoint_sha256: str
+    failures: dict[int, str]  # samples whose annotation could not be read: index -> reason
+
+
+def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
+    """Check everything the spec names and read the annotations; no store, no Ray."""
+    src = spec.source
+    known = composite_names()
+    for name in spec.attribution.composites:
+        if name not in known:
+            raise SpecError(
+                f"{src}: [attribution] composites: unknown composite {name!r} "
+                "(`heatjob composites` lists them)"
+            )
+    if spec.dataset.kind != "synthetic" and not Path(spec.dataset.root).is_dir():
+        raise SpecError(f"{src}: [dataset] root: no such folder: {spec.dataset.root}")
+    dataset = open_job_dataset(spec)
+    classes = list(dataset.classes)
+    num_classes = spec.model.num_classes or len(classes)
+    if num_classes != len(classes):
+        raise SpecError(
+            f"{src}: [model] num_classes = {num_classes} but the {spec.dataset.kind} data set "
+            f"has {len(classes)} classes"
+        )
+    if spec.attribution.predicted_k > num_classes:
+        raise SpecError(
+            f"{src}: [attribution] targets {spec.attribution.targets!r} asks for more "
+            f"than the {num_classes} classes"
+        )
+    m = spec.model
+    model = build_model(m.arch, num_classes, m.weights, m.checkpoint, source=src)
+    ensure_supported(model)
+    del model
+
+    failures: dict[int, str] = {}
+    records = read_records(dataset, progress=progress, failures=failures)
+    if not records:
+        raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
+    size = spec.dataset.image_size
+    labels = np.zeros((len(records), num_classes), dtype=bool)
+    boxes, box_sample, box_class, box_difficult = [], [], [], []
+    for i, record in enumerate(records):
+        labels[i, list(record.labels)] = True
+        boxes.append(scale_boxes(record.boxes, record.height, record.width, size))
+        box_sample.append(np.full(len(record.boxes), i, dtype=np.int64))
+        box_class.append(record.box_classes)
+        box_difficult.append(record.box_difficult)
+    job = job_from_arrays(
+        spec,
+        labels,
+        classes=classes,
+        sample_ids=[r.id for r in records],
+        sizes=np.array([(r.height, r.width) for r in records], dtype=np.int32),
+        boxes_xyxy=np.concatenate(boxes),
+        boxes_sample=np.concatenate(box_sample),
+        boxes_class=np.concatenate(box_class),
+        boxes_difficult=np.concatenate(box_difficult),
+        has_boxes=dataset.has_boxes,
+        checkpoint_sha256=file_sha256(m.checkpoint) if m.checkpoint else "",
+        failures=failures,
+    )
+    if job.plan.n_rows == 0 and failures:
+        first = min(failures)
+        raise DataError(
+            f"{src}: no heatmap rows: {len(failures)} of {len(records)} samples failed, "
+            f"first: {failures[first]}"
+        )
+    if job.plan.n_rows == 0:
+        raise SpecError(f"{src}: no heatmap rows: no sample has a target class")
+    return job
+
+
+def job_from_arrays(
+    spec: JobSpec,
+    labels: np.ndarray,
+    *,
+    classes: list[str] | None = None,
+    sample_ids: list[str] | None = None,
+    sizes: np.ndarray | None = None,
+    boxes_xyxy: np.ndarray | None = None,
+    boxes_sample: np.ndarray | None = None,
+    boxes_class: np.ndarray | None = None,
+    boxes_difficult: np.ndarray | None = None,
+    has_boxes: bool = True,
+    checkpoint_sha256: str = "",
+    failures: dict[int, str] | None = None,
+) -> PreparedJob:
+    """A prepared job from annotation arrays: what `prepare` builds from a data set, and
+    what benchmarks and tests build to make a real store of known contents.
+
+    labels: (N, C) bool, classes present per sample. Boxes are in heatmap pixels; absent
+    arrays mean no boxes, sample ids "0", "1", ... and sizes of image_size.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    n, num_classes = labels.shape
+    failures = dict(failures or {})
+    plan = make_plan(
+        [np.flatnonzero(row).tolist() for row in labels],
+        spec.attribution.targets,
+        num_classes,
+        spec.run.shard_size,
+        skip=[i in failures for i in range(n)],
+    )
+    size = spec.dataset.image_size
+    arrays = {
+        "sizes": np.full((n, 2), size, np.int32) if sizes is None else np.asarray(sizes, np.int32),
+        "labels": labels,
+        "boxes_xyxy": np.asarray(
+            np.zeros((0, 4)) if boxes_xyxy is None else boxes_xyxy, np.float32
+        ).reshape(-1, 4),
+        "boxes_sample": np.asarray(np.zeros(0) if boxes_sample is None else boxes_sample, np.int64),
+        "boxes_class": np.asarray(np.zeros(0) if boxes_class is None else boxes_class, np.int32),
+    }
+    n_boxes = len(arrays["boxes_sample"])
+    arrays["boxes_difficult"] = (
+        np.zeros(n_boxes, bool) if boxes_difficult is None else np.asarray(boxes_difficult, bool)
+    )
+    return PreparedJob(
+        spec=spec,
+        num_classes=num_classes,
+        classes=list(classes) if classes is not None else [str(c) for c in range(num_classes)],
+        has_boxes=has_boxes,
+        plan=plan,
+        arrays=arrays,
+        sample_ids=list(sample_ids) if sample_ids is not None else [str(i) for i in range(n)],
+        checkpoint_sha256=checkpoint_sha256,
+        failures=failures,
+    )

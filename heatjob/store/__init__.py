@@ -1,0 +1,1 @@
+"""The Zarr store: its schema, creating and opening it, unit records, verification."""

@@ -1,0 +1,273 @@
+"""The Zarr v3 store of docs/store.md: create it from a prepared job, open it.
+
+Who writes what, so that no two processes ever write into one chunk or shard:
+- the driver creates every array and writes what the plan knows (samples,
+  boxes, rows) before any worker starts (`create_store`);
+- a worker writes the heatmaps of its unit: exactly one shard per composite,
+  in one call per composite (heatjob.store.units);
+- the driver, as each unit's result comes back, writes the unit's logits and
+  chosen targets and then, last, the unit's done flag. A unit without its flag
+  is redone in full on resume, which rewrites the same shards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+import heatjob
+from heatjob.errors import HeatjobError
+from heatjob.store import schema
+from heatjob.store.location import open_group, redact
+
+if TYPE_CHECKING:
+    from heatjob.job.prepare import PreparedJob
+
+_BLOCK = 4096  # chunk length of the small 1-D/2-D arrays the driver writes
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What the root attributes say about a store."""
+
+    path: str
+    attrs: dict[str, Any]
+
+    @property
+    def composites(self) -> list[str]:
+        return list(self.attrs["spec"]["attribution"]["composites"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.attrs["shard_size"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.attrs["spec"]["dataset"]["image_size"])
+
+    @property
+    def has_boxes(self) -> bool:
+        return bool(self.attrs["has_boxes"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.attrs.get("classes", []))
+
+
+def provenance(job: PreparedJob) -> dict[str, Any]:
+    """The `heatjob` root attribute: how this store's heatmaps were made."""
+    # imported here: readers of a store (merge, status, open_store) need no torch
+    import torch
+    import torchvision
+
+    return {
+        "format": schema.STORE_FORMAT,
+        "version": heatjob.__version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "spec": _without_secrets(job.spec.to_dict()),
+        "checkpoint_sha256": job.checkpoint_sha256,
+        "classes": list(job.classes),
+        "has_boxes": job.has_boxes,
+        "shard_size": job.plan.shard_size,
+        "n_units": len(job.plan.units),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _without_secrets(spec_dict: dict) -> dict:
+    store = spec_dict.get("store", {})
+    if not store.get("storage_options"):
+        return spec_dict
+    return {**spec_dict, "store": {**store, "storage_options": redact(store["storage_options"])}}
+
+
+def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.Group:
+    """Create (overwriting) the whole layout at the job's store path and write what the
+    plan knows: samples, boxes, rows, and empty heatmaps and unit records.
+
+    `attrs`: the root attribute (default: `provenance(job)`), written last, so a store
+    without it was interrupted while being created.
+    """
+    spec, plan, a = job.spec, job.plan, job.arrays
+    root = open_group(spec.store.path, "w", spec.store.storage_options)
+    n_samples, n_classes = a["labels"].shape
+    # variable-length UTF-8: the string type Zarr v3 specifies
+    small_array(root, schema.SAMPLE_ID, np.asarray(job.sample_ids, dtype=object), dtype=str)
+    small_array(root, schema.SAMPLE_SIZE, np.asarray(a["sizes"], dtype=np.int32))
+    small_array(root, schema.SAMPLE_LABELS, np.asarray(a["labels"], dtype=bool))
+    root.create_array(
+        schema.SAMPLE_LOGITS,
+        shape=(n_samples, n_classes),
+        dtype="float32",
+        chunks=(max(1, min(_BLOCK, n_samples)), n_classes),
+        dimension_names=schema.DIMENSIONS[schema.SAMPLE_LOGITS],
+        fill_value=np.nan,
+    )
+    small_array(root, schema.BOX_SAMPLE, np.asarray(a["boxes_sample"], dtype=np.int64))
+    small_array(root, schema.BOX_CLASS, np.asarray(a["boxes_class"], dtype=np.int32))
+    xyxy = np.asarray(a["boxes_xyxy"], dtype=np.float32).reshape(-1, 4)
+    small_array(root, schema.BOX_XYXY, xyxy)
+    small_array(root, schema.BOX_DIFFICULT, np.asarray(a["boxes_difficult"], dtype=bool))
+    small_array(root, schema.ROW_SAMPLE, plan.rows_sample)
+    small_array(root, schema.ROW_TARGET, plan.rows_target)
+    size = spec.dataset.image_size
+    for composite in spec.attribution.composites:
+        root.create_array(
+            schema.heatmaps(composite),
+            shape=(plan.n_rows, size, size),
+            dtype=spec.store.dtype,
+            chunks=(1, size, size),
+            shards=(plan.shard_size, size, size),
+            dimension_names=schema.HEATMAP_DIMENSIONS,
+            fill_value=np.nan,
+        )
+    n_units = len(plan.units)
+    small_array(root, schema.UNIT_DONE, np.zeros(n_units, dtype=bool), fill=False)
+    # which worker wrote each unit: host name, Ray node id, process id
+    no_writer = np.full(n_units, "", dtype=object)
+    small_array(root, schema.UNIT_HOST, no_writer, fill="", dtype=str)
+    small_array(root, schema.UNIT_NODE, no_writer, fill="", dtype=str)
+    small_array(root, schema.UNIT_PID, np.full(n_units, -1, dtype=np.int64), fill=-1)
+    add_failure_records(root, n_units, n_samples, job.failures)
+    root.attrs[schema.ROOT_ATTRIBUTE] = attrs if attrs is not None else provenance(job)
+    return root
+
+
+def small_array(
+    root: zarr.Group, name: str, data: np.ndarray, fill: Any = None, dtype: Any = None
+) -> None:
+    """One of the small arrays (per sample, box, row or unit), in chunks of _BLOCK entries,
+    with the schema's dimension names.
+
+    Values that are all the fill value are not written: their chunks read as it anyway.
+    """
+    array = root.create_array(
+        name,
+        shape=data.shape,
+        dtype=dtype or data.dtype,
+        chunks=(max(1, min(_BLOCK, data.shape[0])),) + data.shape[1:],
+        dimension_names=schema.DIMENSIONS[name],
+        fill_value=fill,
+    )
+    if data.size and (fill is None or not np.all(data == fill)):
+        array[...] = data
+
+
+def _failure_record_arrays(
+    n_units: int, n_samples: int, sample_failures: Mapping[int, str] | None = None
+) -> dict[str, tuple[np.ndarray, Any, Any]]:
+    """name -> (values, fill, dtype) of the records beside the done flags."""
+    failed = np.zeros(n_samples, dtype=bool)
+    reasons = np.full(n_samples, "", dtype=object)
+    for sample, reason in (sample_failures or {}).items():
+        failed[sample], reasons[sample] = True, reason
+    return {
+        schema.UNIT_ATTEMPTS: (np.zeros(n_units, dtype=np.int32), 0, "int32"),
+        schema.UNIT_CHECKSUM: (np.zeros(n_units, dtype=np.uint64), 0, "uint64"),
+        schema.SAMPLE_FAILED: (failed, False, "bool"),
+        schema.SAMPLE_FAILURE: (reasons, "", str),
+    }
+
+
+def add_failure_records(
+    root: zarr.Group,
+    n_units: int,
+    n_samples: int,
+    sample_failures: Mapping[int, str] | None = None,
+) -> None:
+    """The arrays beside the done flags, where missing (a store from before they existed
+    gets them on resume): per unit the dispatches it took and the checksum of its shards
+    (attempts 0 = no record), per sample whether it failed and why."""
+    records = _failure_record_arrays(n_units, n_samples, sample_failures)
+    for name, (data, fill, dtype) in records.items():
+        if name not in root:
+            small_array(root, name, data, fill, dtype)
+
+
+def failure_records(root: zarr.Group, n_units: int, n_samples: int) -> dict[str, np.ndarray]:
+    """attempts, checksum, failed, failure: read, or empty ones for an older store."""
+    empty = _failure_record_arrays(n_units, n_samples)
+    return {name: root[name][:] if name in root else data for name, (data, *_) in empty.items()}
+
+
+def open_store(
+    path: str, mode: str = "r", storage_options: dict | None = None
+) -> tuple[zarr.Group, StoreInfo]:
+    """Open a heatjob store (local path or URL); anything else is refused and left untouched.
+
+    For a URL without storage_options, credentials come from the environment.
+    """
+    try:
+        root = open_group(path, mode, storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise HeatjobError(f"no Zarr store at {path}") from None
+    except Exception as exc:
+        raise HeatjobError(f"cannot open {path} as a Zarr v3 store: {exc}") from None
+    attrs = root.attrs.get(schema.ROOT_ATTRIBUTE)
+    if not isinstance(attrs, dict) or "spec" not in attrs:
+        raise HeatjobError(f"{path} is not a heatjob store (no 'heatjob' root attribute)")
+    if attrs.get("format") != schema.STORE_FORMAT:
+        raise HeatjobError(
+            f"{path} has store format {attrs.get('format')}, "
+            f"this heatjob reads {schema.STORE_FORMAT}"
+        )
+    return root, StoreInfo(path, dict(attrs))
+
+
+def stored_bytes_per_row(maps: dict[str, np.ndarray], dtype: str) -> float:
+    """Bytes per row and composite as a store would hold these heatmaps: written into an
+    in-memory twin of the heatmap arrays (one row per chunk, the rows in one shard), so
+    the codec's own output is counted, shard index included."""
+    total, rows = 0, 0
+    for values in maps.values():
+        n, size, _ = values.shape
+        objects: dict = {}
+        array = zarr.create_array(
+            zarr.storage.MemoryStore(objects),
+            shape=values.shape,
+            dtype=dtype,
+            chunks=(1, size, size),
+            shards=(n, size, size),
+            fill_value=np.nan,
+        )
+        array[:] = values.astype(dtype)
+        total += sum(len(v) for k, v in objects.items() if not k.endswith("zarr.json"))
+        rows += n
+    return total / rows
+
+
+def write_row_array(
+    root: zarr.Group, name: str, rows: np.ndarray, values: np.ndarray, fill: Any
+) -> None:
+    """A per-row array written by merge (metrics/<composite>/<metric>, rows/scored ...):
+    `values` at store rows `rows`, `fill` elsewhere; replaces an older one. Chunked like
+    the heatmaps (one chunk per shard), so xarray lines them up."""
+    n = root[schema.ROW_SAMPLE].shape[0]
+    shard = int(root.attrs[schema.ROOT_ATTRIBUTE]["shard_size"])
+    full = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
+    full[rows] = values
+    array = root.create_array(
+        name,
+        shape=full.shape,
+        dtype=full.dtype,
+        chunks=(max(1, min(shard, n)), *full.shape[1:]),
+        dimension_names=("row", *(["xyxy"] if full.ndim == 2 else [])),
+        fill_value=fill,
+        overwrite=True,
+    )
+    if n:
+        array[...] = full
+
+
+def consolidate(root: zarr.Group) -> None:
+    """Consolidated metadata, once the store is complete (merge): one read opens it."""
+    with warnings.catch_warnings():  # zarr notes that consolidation is not in the v3 spec yet
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(root.store)  # the open store: a URL keeps its options

@@ -1,0 +1,1 @@
+"""Looking at a store: heatmap PNGs and figures, xarray access."""
