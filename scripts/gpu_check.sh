@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# GPU check (issue 6): the demo job and a vgg16 job of a few hundred synthetic
-# 224x224 images on the GPU(s) of this machine; records images/s, rows/s and
-# peak GPU memory into $OUT/gpu_check.json (and the raw logs beside it).
+# GPU check: the demo job and a vgg16 job of N (default 512) synthetic 224x224
+# images on the GPU(s) of the machine it runs on, each after a --dry-run;
+# records images/s, rows/s and peak GPU memory into $OUT/gpu_check.json (and
+# the raw logs beside it); then the engine benchmark on CUDA (engine-*.json in $OUT).
 #
 #   OUT=out/gpu-check scripts/gpu_check.sh        # from the repo root, venv active or PY set
-#
-# Not yet run: the session that wrote it had no GPU. Expected wall time on one
-# H100: a few minutes (mostly Ray start-up and the vgg16 job).
 set -euo pipefail
 
 PY=${PY:-python}
@@ -95,3 +93,10 @@ for name in ("demo", "vgg16"):
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 print(json.dumps({k: v for k, v in report.items()}, indent=2))
 EOF
+
+# The LRP engine on the GPU: vgg16 and resnet50, batch 32, 224 px, against zennit and the
+# plain forward+backward, then bfloat16 and float16 against float32 (bench/run.py); its JSON
+# goes beside the job figures, and bench/table.py prints the tables of docs/benchmarks.md.
+$PY bench/run.py --device cuda --batch 32 --targets-batch 8 --precisions bfloat16,float16 \
+    --archs vgg16,resnet50 --out "$OUT"
+$PY bench/table.py "$OUT"

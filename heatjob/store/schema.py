@@ -1,7 +1,7 @@
 """Every name in a heatjob store, once: array paths, their dimension names, metric names.
 
-docs/store.md describes what each array holds; the paths here are the contract that
-other tools read (shared docs: contract.md), so they change only with STORE_FORMAT.
+docs/store.md describes what each array holds; other tools read these paths, so they
+change only with STORE_FORMAT.
 Pure: no Zarr, no torch.
 """
 
