@@ -1,4 +1,4 @@
-"""Print the README's benchmark tables (markdown) from bench/results/*-latest.json."""
+"""Print the tables of docs/benchmarks.md (markdown) from bench/results/*-latest.json."""
 
 from __future__ import annotations
 
@@ -59,13 +59,68 @@ def job_table(report: dict) -> str:
     )
 
 
+def metrics_table(report: dict) -> str:
+    s = report["speed"]
+    rounds = s["all_rounds"]
+
+    def row(name: str, key: str, best: float, ratio: str) -> str:
+        low, high = min(rounds[key]), max(rounds[key])
+        return f"| {name} | {best:,.0f} | {low:,.0f}–{high:,.0f} | {ratio} |"
+
+    quantus = rounds["quantus"]
+    return "\n".join(
+        [
+            f"{report['machine']}; {s['rows']} maps of {s['size']}x{s['size']} {s['dtype']}, "
+            f"{s['quantus_rows']} of them for Quantus, {len(quantus)} rounds, {report['when']}; "
+            f"load average {report['loadavg_1min_before']:.1f} before",
+            "",
+            "| scorer | rows/s, best round | rows/s, all rounds | heatjob / Quantus, median |",
+            "|---|---|---|---|",
+            row("heatjob, full per-row set", "heatjob", s["heatjob_rows_per_s"], f"{s['ratio']}x"),
+            row(
+                "heatjob, the four Quantus-like metrics",
+                "heatjob_four",
+                s["heatjob_four_rows_per_s"],
+                f"{s['ratio_four']}x",
+            ),
+            f"| Quantus: {s['quantus_metrics'].replace(', ', ' + ')} | "
+            f"{s['quantus_rows_per_s']:.1f} | {min(quantus):.1f}–{max(quantus):.1f} | |",
+        ]
+    )
+
+
+def memory_table(report: dict) -> str:
+    lines = [
+        f"{report['machine']}, {report['when']}; load average "
+        f"{report['loadavg_1min_before']:.1f} before",
+        "",
+        "| rows | heatmaps (float16) | merge s | peak RSS MB | after imports MB | "
+        "merge's growth MB | bootstrap resamples |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in report["memory"]:
+        lines.append(
+            f"| {m['rows']:,} | {m['heatmap_bytes_float16'] / 1e9:.1f} GB | {m['merge_s']:.1f} | "
+            f"{m['peak_rss_mb']:.0f} | {m['rss_after_import_mb']:.0f} | "
+            f"{m['merge_growth_mb']:.0f} | {m['bootstrap_resamples']} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES = {  # results file -> its table, in the order docs/benchmarks.md shows them
+    "job-latest.json": job_table,
+    "metrics-latest.json": metrics_table,
+    "metrics-memory-latest.json": memory_table,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     folder = Path((argv or sys.argv[1:] or ["bench/results"])[0])
     for path in sorted(folder.glob("engine-*-latest.json")):
         print(f"### {path.name}\n\n{engine_tables(json.loads(path.read_text()))}\n")
-    job = folder / "job-latest.json"
-    if job.exists():
-        print(f"### {job.name}\n\n{job_table(json.loads(job.read_text()))}")
+    for name, make in TABLES.items():
+        if (folder / name).exists():
+            print(f"### {name}\n\n{make(json.loads((folder / name).read_text()))}\n")
 
 
 if __name__ == "__main__":

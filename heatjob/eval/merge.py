@@ -68,7 +68,7 @@ class MergeReport:
 
 def failed_samples(root, n_samples: int) -> np.ndarray:
     """(N,) bool from `samples/failed` (written by submit when an input could not be read)."""
-    if "failed" not in root["samples"]:
+    if schema.SAMPLE_FAILED not in root:
         return np.zeros(n_samples, dtype=bool)
     return np.asarray(root[schema.SAMPLE_FAILED][:], dtype=bool)
 

@@ -63,9 +63,9 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
         "box_xyxy": (("box", "xyxy"), root[schema.BOX_XYXY][:]),
         "box_difficult": (("box",), root[schema.BOX_DIFFICULT][:]),
     }
-    if "failed" in root["samples"]:
+    if schema.SAMPLE_FAILED in root:
         data["sample_failed"] = (("sample",), root[schema.SAMPLE_FAILED][:])
-    merged = "metrics" in root and all(c in root["metrics"] for c in composites)
+    merged = all(schema.metric(c, schema.ROW_METRICS[0]) in root for c in composites)
     if merged:
         for name in schema.ROW_METRICS:
             data[name] = (
@@ -97,11 +97,11 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
         "row_class": (("row",), target_names),
         "row_sample_id": (("row",), sample_ids[rows_sample]),
     }
-    if merged and "hard" in root["rows"]:
+    if merged and schema.ROW_HARD in root:
         coords["row_hard"] = (("row",), root[schema.ROW_HARD][:])
         coords["row_box_share"] = (("row",), root[schema.ROW_BOX_SHARE][:])
     attrs = {"heatjob": dict(info.attrs)}
-    for key in ("metrics", "baselines", "intervals", "per_class", "by_size"):
+    for key in schema.MERGE_ATTRIBUTES[1:]:  # all but "merged"
         if key in root.attrs:
             attrs[key] = root.attrs[key]
     return xr.Dataset(data, coords=coords, attrs=attrs)
