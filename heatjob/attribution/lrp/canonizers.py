@@ -128,13 +128,48 @@ def _is_gate(gm: fx.GraphModule, arg: object) -> bool:
     return arg.op == "call_function" and arg.target in GATE_FUNCTIONS
 
 
-def gate_operand(gm: fx.GraphModule, node: fx.Node) -> int | None:
-    """For a product a * b: which operand (0 or 1) is the gate, i.e. a sigmoid's output or a
-    constant; None if neither is."""
-    for index, arg in enumerate(node.args[:2]):
-        if not isinstance(arg, fx.Node) or _is_gate(gm, arg):
-            return index
-    return None
+def _module_type(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    _, kind = list(stack.values())[-1]
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+
+def features_operand(gm: fx.GraphModule, node: fx.Node) -> int:
+    """For a product a * b of the traced graph, before any layer is swapped: the index (0 or 1)
+    of the features, the other operand being the gate (a Sigmoid/Hardsigmoid output, as in
+    squeeze-excitation, or a constant). Raises UnsupportedModelError naming the layer when the
+    roles cannot be told apart: neither operand is a gate (a product of two feature maps) or
+    both are."""
+    path = _module_path(node)
+    kind = _function_name(node.target)
+    owner = _module_type(node)
+    if owner is not None:
+        kind = f"{kind} in {owner}"
+    why = "only a constant or a sigmoid gate (squeeze-excitation) times features has a rule"
+    if len(node.args) != 2 or node.kwargs:
+        raise _unsupported(path, kind, f"{why}; this product does not take two operands")
+    gates = [_is_gate(gm, arg) for arg in node.args]
+    if gates == [True, False]:
+        return 1
+    if gates == [False, True]:
+        return 0
+    which = "both operands are gates" if all(gates) else "neither operand is a gate"
+    raise _unsupported(
+        path, kind, f"{why}; here {which}, so which one carries the features is undetermined"
+    )
+
+
+def product_roles(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    """`features_operand` of every product node, decided on the graph as traced, so that the
+    support check and the rewrite read the same roles (the rewrite swaps the Sigmoid modules that
+    identify a gate)."""
+    return {
+        node: features_operand(gm, node)
+        for node in gm.graph.nodes
+        if node.op == "call_function" and node.target in MUL_FUNCTIONS
+    }
 
 
 def _is_size_source(arg: object) -> bool:
@@ -162,13 +197,8 @@ def _check_node(gm: fx.GraphModule, node: fx.Node) -> None:
                 return
             raise _unsupported(path, _function_name(target), "only a sum of two tensors has a rule")
         if target in MUL_FUNCTIONS:
-            if len(node.args) == 2 and not node.kwargs and gate_operand(gm, node) is not None:
-                return
-            raise _unsupported(
-                path,
-                _function_name(target),
-                "only a constant or a sigmoid gate (squeeze-excitation) times features has a rule",
-            )
+            features_operand(gm, node)  # raises where the gate cannot be told apart
+            return
         if target in POOL_FUNCTIONS:
             return
         if target is getattr and node.args[1] in _SIZE_SOURCES:

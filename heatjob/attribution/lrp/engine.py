@@ -26,7 +26,8 @@ from heatjob.attribution.lrp.canonizers import (
     RELU_METHODS,
     canonize,
     check_supported,
-    gate_operand,
+    module_path,
+    product_roles,
     trace,
 )
 from heatjob.attribution.lrp.composites import Composite, get_composite
@@ -37,6 +38,7 @@ from heatjob.attribution.lrp.rules import (
     norm_relevance,
     stabilize,
 )
+from heatjob.errors import UnsupportedModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -160,29 +162,40 @@ def residual_sum(a: Tensor, b: Tensor) -> Tensor:
 
 class _GateFunction(torch.autograd.Function):
     """features * gate (squeeze-excitation): for a fixed gate the product is linear in the
-    features, so all relevance goes to them and none to the gate's branch."""
+    features, so all relevance goes to them and none (zeros) to the gate's branch."""
 
     @staticmethod
-    def forward(ctx, features: Tensor, gate: Tensor) -> Tensor:
+    def forward(ctx, features: Tensor, gate: Tensor, layer: str) -> Tensor:
+        y = features * gate
+        if y.shape != features.shape:
+            raise UnsupportedModelError(
+                f"cannot explain layer '{layer}' (gate x features): the gate of shape "
+                f"{tuple(gate.shape)} would broadcast the features of shape "
+                f"{tuple(features.shape)} to {tuple(y.shape)}; the gate must broadcast into the "
+                "features"
+            )
+        ctx.features_shape = features.shape
         ctx.gate_shape = gate.shape
-        return features * gate
+        ctx.layer = layer
+        return y
 
     @staticmethod
-    def backward(ctx, r: Tensor) -> tuple[Tensor, Tensor]:
-        return r, r.new_zeros(ctx.gate_shape)
+    def backward(ctx, r: Tensor) -> tuple[Tensor, Tensor, None]:
+        if r.shape != ctx.features_shape:  # the features must take the relevance as it is
+            raise AssertionError(
+                f"layer '{ctx.layer}': relevance of shape {tuple(r.shape)} reached a gated "
+                f"product whose features have shape {tuple(ctx.features_shape)}"
+            )
+        return r, r.new_zeros(ctx.gate_shape), None
 
 
-def gate_times_features(gate: object, features: Tensor) -> Tensor:
-    """gate * features, the gate a sigmoid's output (squeeze-excitation) or a constant: all
-    relevance goes to the features."""
+def gated(features: Tensor, gate: object, *, layer: str) -> Tensor:
+    """features * gate, the gate a sigmoid's output (squeeze-excitation) or a constant: all
+    relevance goes to the features, none to the gate. The attach_rules rewrite puts the features
+    first, whichever side of the product they stood on; `layer` names it in errors."""
     if not isinstance(gate, Tensor):
-        return _PassFunction.apply(features, lambda t: gate * t)
-    return _GateFunction.apply(features, gate)
-
-
-def features_times_gate(features: Tensor, gate: object) -> Tensor:
-    """features * gate; see gate_times_features."""
-    return gate_times_features(gate, features)
+        return _PassFunction.apply(features, lambda t: t * gate)
+    return _GateFunction.apply(features, gate, layer)
 
 
 def avg_pool2d_proportional(x: Tensor, *args: object, **kwargs: object) -> Tensor:
@@ -223,6 +236,9 @@ def attach_rules(
     for weight-derived tensors (w+, w-, ...) that composites on the same weights share."""
     shared = {} if shared is None else shared
     first = _first_layer(gm, composite.first_types)
+    # Decided before any module is swapped: a gate is known by its Sigmoid/Hardsigmoid module,
+    # which the walk below replaces by a pass-through layer.
+    roles = product_roles(gm)
     done: set[str] = set()
     for node in gm.graph.nodes:
         if node.op == "call_module" and str(node.target) not in done:
@@ -246,8 +262,10 @@ def attach_rules(
         elif node.op == "call_function" and node.target in ADD_FUNCTIONS:
             node.target = residual_sum
         elif node.op == "call_function" and node.target in MUL_FUNCTIONS:
-            first_is_gate = gate_operand(gm, node) == 0
-            node.target = gate_times_features if first_is_gate else features_times_gate
+            features = roles[node]
+            node.args = (node.args[features], node.args[1 - features])
+            node.kwargs = {"layer": module_path(node)}
+            node.target = gated
         elif node.op == "call_function" and node.target in _POOL_REPLACEMENTS:
             node.target = _POOL_REPLACEMENTS[node.target]
         elif node.op == "call_method" and node.target in RELU_METHODS:
