@@ -99,7 +99,7 @@ def submit(
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     typer.echo(
         f"{summary.store}: {summary.units_run} of {summary.units_total} units written, "
-        f"{summary.rows} rows x {len(job.attribution.composites)} composites "
+        f"{summary.rows} rows x {len(job.attribution.sources)} heatmap sources "
         f"in {summary.seconds:.1f} s ({rate:.1f} rows/s, {summary.workers})"
     )
 
