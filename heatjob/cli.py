@@ -250,5 +250,17 @@ def composites() -> None:
         typer.echo(f"{name.ljust(width)}  {describe_composite(name)}")
 
 
+@app.command()
+def methods() -> None:
+    """The method kinds of [attribution.methods.<name>] tables, one line each with its
+    options and their defaults."""
+    from heatjob.attribution.registry import describe_kind, method_kinds
+
+    kinds = method_kinds()
+    width = max(len(k) for k in kinds)
+    for kind in kinds:
+        typer.echo(f"{kind.ljust(width)}  {describe_kind(kind)}")
+
+
 if __name__ == "__main__":
     app()
