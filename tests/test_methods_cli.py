@@ -17,6 +17,11 @@ METHODS = {
     "ig": {"kind": "integrated-gradients", "steps": 4},
     "sg": {"kind": "smoothgrad", "samples": 3},
     "cam": {"kind": "gradcam"},
+    "gamma05": {
+        "kind": "lrp",
+        "preset": "EpsilonGammaBox",
+        "conv": {"rule": "gamma", "gamma": 0.5},
+    },
 }
 
 
@@ -52,6 +57,7 @@ def test_methods_run_beside_a_composite_through_submit_and_merge(tmp_path):
     assert stored["sg"] == {"kind": "smoothgrad", "samples": 3, "noise": 0.1, "seed": 0}
     assert stored["cam"] == {"kind": "gradcam", "layer": "features.14"}
     assert stored["grad"] == {"kind": "gradient"}
+    assert stored["gamma05"]["conv"] == {"rule": "gamma", "gamma": 0.5}
 
     status = json.loads(run("status", str(store), "--json").stdout)
     assert set(status["composites"]) == {"EpsilonPlusFlat", *METHODS}
@@ -82,6 +88,7 @@ def test_methods_lists_every_kind_with_its_defaults():
         "integrated-gradients",
         "smoothgrad",
         "gradcam",
+        "lrp",
     }
     assert "steps = 16" in lines["integrated-gradients"]
     assert "samples = 20" in lines["smoothgrad"] and "seed = 0" in lines["smoothgrad"]

@@ -56,7 +56,10 @@ def method_options(kind: str) -> type:
 def describe_kind(kind: str) -> str:
     """One line: the kind's purpose and its options with their defaults."""
     cls = _KINDS[kind]
-    options = [f"{f.name} = {f.default!r}" for f in dataclasses.fields(cls)]
+    options = [
+        f"{f.name} = {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r}"
+        for f in dataclasses.fields(cls)
+    ]
     doc = (cls.__doc__ or "").strip().splitlines()[0]
     return f"{doc} Options: {', '.join(options) if options else 'none'}."
 
@@ -117,6 +120,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise SpecError(f"{where} must be finite, got {value}")
+        return value
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise SpecError(f"{where} must be a table, got {_short(value)}")
         return value
     if kind == "str":
         if not isinstance(value, str):

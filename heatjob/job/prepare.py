@@ -106,9 +106,15 @@ def _resolve_method_layers(spec: JobSpec, model) -> JobSpec:
     """Grad-CAM layers checked against the model, and the default ("") replaced by the
     path it stands for, so the store's provenance names the layer."""
     from heatjob.attribution.gradcam import default_layer, has_layer
+    from heatjob.attribution.lrp_method import check_layers
 
     methods = dict(spec.attribution.methods)
     for name, table in methods.items():
+        if table["kind"] == "lrp" and (path := check_layers(table, model)) is not None:
+            raise SpecError(
+                f"{spec.source}: [attribution.methods.{name}] layers: {path!r} is not a Conv2d "
+                f"or Linear module of the {spec.model.arch} model"
+            )
         if table["kind"] != "gradcam":
             continue
         where = f"{spec.source}: [attribution.methods.{name}] layer"
