@@ -99,7 +99,7 @@ def submit(
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     typer.echo(
         f"{summary.store}: {summary.units_run} of {summary.units_total} units written, "
-        f"{summary.rows} rows x {len(job.attribution.composites)} composites "
+        f"{summary.rows} rows x {len(job.attribution.sources)} heatmap sources "
         f"in {summary.seconds:.1f} s ({rate:.1f} rows/s, {summary.workers})"
     )
 
@@ -248,6 +248,18 @@ def composites() -> None:
     width = max(len(n) for n in names)
     for name in names:
         typer.echo(f"{name.ljust(width)}  {describe_composite(name)}")
+
+
+@app.command()
+def methods() -> None:
+    """The method kinds of [attribution.methods.<name>] tables, one line each with its
+    options and their defaults."""
+    from heatjob.attribution.registry import describe_kind, method_kinds
+
+    kinds = method_kinds()
+    width = max(len(k) for k in kinds)
+    for kind in kinds:
+        typer.echo(f"{kind.ljust(width)}  {describe_kind(kind)}")
 
 
 if __name__ == "__main__":

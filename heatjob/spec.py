@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heatjob.attribution import parse_method, resolved
+from heatjob.attribution.lrp.composites import composite_names
+from heatjob.attribution.registry import METHOD_NAME
 from heatjob.data.registry import dataset_kinds
 from heatjob.errors import SpecError
 
@@ -49,8 +52,15 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class AttributionSpec:
-    composites: tuple[str, ...]
+    composites: tuple[str, ...] = ()
     targets: str = "labels"
+    # [attribution.methods.<name>] tables, each resolved: {"kind": ..., every parameter}
+    methods: dict = field(default_factory=dict)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every heatmap array's name, composites then methods: heatmaps/<name>."""
+        return (*self.composites, *self.methods)
 
     @property
     def predicted_k(self) -> int:
@@ -147,9 +157,30 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> JobSpec:
     sections = {
         name: _section(raw.get(name, {}), name, cls, source) for name, cls in _SECTIONS.items()
     }
+    attribution = sections["attribution"]
+    methods = _methods(attribution.methods, attribution.composites, source)
+    sections["attribution"] = dataclasses.replace(attribution, methods=methods)
     spec = JobSpec(**sections, source=source)
     _check_values(spec)
     return spec
+
+
+def _methods(tables: dict, composites: tuple[str, ...], source: str) -> dict[str, dict]:
+    """Each [attribution.methods.<name>] table checked and with its defaults filled in."""
+    known_composites = set(composite_names())
+    out = {}
+    for name, table in tables.items():
+        shown = name if _BARE_KEY.match(name) else _short(name)  # TOML keys are strings
+        where = f"{source}: [attribution.methods.{shown}]"
+        if not METHOD_NAME.match(name):
+            raise SpecError(
+                f"{where} the name must be letters, digits, '_', '-' or '.', starting with a "
+                "letter or digit (it names the store array heatmaps/<name>)"
+            )
+        if name in known_composites or name in composites:
+            raise SpecError(f"{where} the name is a composite's; give the method another name")
+        out[name] = resolved(parse_method(name, table, where))
+    return out
 
 
 def _section(table: Any, name: str, cls: type, source: str) -> Any:
@@ -255,8 +286,8 @@ def _check_values(spec: JobSpec) -> None:
             fail(f"[model] {key}", f"must be finite numbers, got {list(values)}")
     if any(v <= 0 for v in model.std):
         fail("[model] std", f"must be positive, got {list(model.std)}")
-    if not attr.composites:
-        fail("[attribution] composites", "must name at least one composite")
+    if not attr.sources:
+        fail("[attribution] composites", "must name at least one composite (or add a method)")
     if len(set(attr.composites)) != len(attr.composites):
         fail("[attribution] composites", f"lists a composite twice: {list(attr.composites)}")
     if attr.targets not in ("labels", "all") and not _PREDICTED.match(attr.targets):

@@ -76,7 +76,7 @@ class DryRun:
 
     @property
     def n_composites(self) -> int:
-        return len(self.job.spec.attribution.composites)
+        return len(self.job.spec.attribution.sources)
 
     @property
     def start_s(self) -> float:

@@ -16,7 +16,7 @@ from heatjob.data import open_job_dataset, read_records, scale_boxes
 from heatjob.errors import DataError, SpecError
 from heatjob.job.plan import Plan, make_plan
 from heatjob.models import build_model, file_sha256
-from heatjob.spec import JobSpec
+from heatjob.spec import JobSpec, with_overrides
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
         )
     m = spec.model
     model = build_model(m.arch, num_classes, m.weights, m.checkpoint, source=src)
-    ensure_supported(model)
+    if spec.attribution.composites:  # the LRP engine's layers; the methods need autograd only
+        ensure_supported(model)
+    spec = _resolve_method_layers(spec, model)
     del model
 
     failures: dict[int, str] = {}
@@ -98,6 +100,36 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     if job.plan.n_rows == 0:
         raise SpecError(f"{src}: no heatmap rows: no sample has a target class")
     return job
+
+
+def _resolve_method_layers(spec: JobSpec, model) -> JobSpec:
+    """Grad-CAM layers checked against the model, and the default ("") replaced by the
+    path it stands for, so the store's provenance names the layer."""
+    from heatjob.attribution.gradcam import default_layer, has_layer
+    from heatjob.attribution.lrp_method import check_layers
+
+    methods = dict(spec.attribution.methods)
+    for name, table in methods.items():
+        if table["kind"] == "lrp" and (path := check_layers(table, model)) is not None:
+            raise SpecError(
+                f"{spec.source}: [attribution.methods.{name}] layers: {path!r} is not a Conv2d "
+                f"or Linear module of the {spec.model.arch} model"
+            )
+        if table["kind"] != "gradcam":
+            continue
+        where = f"{spec.source}: [attribution.methods.{name}] layer"
+        if not table["layer"]:
+            try:
+                methods[name] = {**table, "layer": default_layer(model)}
+            except SpecError as exc:
+                raise SpecError(f"{where}: {exc}") from None
+        elif not has_layer(model, table["layer"]):
+            raise SpecError(
+                f"{where} {table['layer']!r} is not a module of the {spec.model.arch} model"
+            )
+    if methods == spec.attribution.methods:
+        return spec
+    return with_overrides(spec, attribution={"methods": methods})
 
 
 def job_from_arrays(

@@ -51,6 +51,7 @@ def submit(
     """Run (or resume) a job; returns what was done."""
     started = time.perf_counter()
     job = prepare(spec, progress=progress)
+    spec = job.spec  # with what prepare resolved against the model (Grad-CAM layers)
     path = spec.store.path
     state = store_state(job, overwrite=overwrite, mode="r+")
     if state.replaces:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from heatjob.attribution.lrp import Explainer, explainers_for
+from heatjob.attribution.registry import build_method
 from heatjob.data import open_job_dataset
 from heatjob.data.transforms import to_input
 from heatjob.errors import DataError, SpecError
@@ -74,6 +75,11 @@ class UnitWorker:
             std=m.std,
             precision=self.spec.run.precision,
         )
+        # the [attribution.methods] after the composites, in the spec's order
+        for name, table in self.spec.attribution.methods.items():
+            self.explainers[name] = build_method(
+                table, self.model, mean=m.mean, std=m.std, precision=self.spec.run.precision
+            )
 
     def load(self, samples: list[int]) -> tuple[torch.Tensor, dict[int, str]]:
         """A batch of inputs on the CPU, and the samples whose image could not be read;
@@ -218,7 +224,7 @@ def explain_unit(
     targets: np.ndarray,
     batch_size: int,
 ) -> np.ndarray:
-    """Heatmaps (rows, S, S) float32 of one unit's rows under one composite.
+    """Heatmaps (rows, S, S) float32 of one unit's rows under one composite or method.
 
     `batch_size` images per forward pass; all rows of those images (every label, predicted:K,
     all) share it, one backward pass per target (Explainer.explain_rows).
@@ -231,7 +237,11 @@ def explain_unit(
         rows = np.flatnonzero(np.isin(rows_sample, chunk))
         x = torch.stack([inputs[s] for s in chunk])
         images = [position[s] for s in rows_sample[rows].tolist()]
-        relevance, _ = explainer.explain_rows(x, images, targets[rows].astype(np.int64))
+        rows_targets = targets[rows].astype(np.int64)
+        if getattr(explainer, "needs_samples", False):  # smoothgrad: noise seeded per sample
+            relevance, _ = explainer.explain_rows(x, images, rows_targets, samples=chunk)
+        else:
+            relevance, _ = explainer.explain_rows(x, images, rows_targets)
         maps = relevance.cpu().numpy()
         if out is None:
             out = np.empty((len(rows_sample), *maps.shape[1:]), dtype=np.float32)

@@ -41,7 +41,14 @@ class StoreInfo:
 
     @property
     def composites(self) -> list[str]:
-        return list(self.attrs["spec"]["attribution"]["composites"])
+        """Every heatmap source of the store, composites then methods (the arrays
+        heatmaps/<name>); merge, status, render and open_store treat them alike."""
+        attribution = self.attrs["spec"]["attribution"]
+        return [*attribution.get("composites", []), *attribution.get("methods", {})]
+
+    @property
+    def sources(self) -> list[str]:
+        return self.composites
 
     @property
     def shard_size(self) -> int:
@@ -118,7 +125,7 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
     small_array(root, schema.ROW_SAMPLE, plan.rows_sample)
     small_array(root, schema.ROW_TARGET, plan.rows_target)
     size = spec.dataset.image_size
-    for composite in spec.attribution.composites:
+    for composite in spec.attribution.sources:
         root.create_array(
             schema.heatmaps(composite),
             shape=(plan.n_rows, size, size),

@@ -36,8 +36,13 @@ class Composite:
     first_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
     # Reproduce zennit 0.5.1 exactly, down to the batch norms its canonizer leaves behind.
     zennit_compatible: bool = False
+    # per module path, over the roles (an lrp method's `layers`)
+    layers: tuple[tuple[str, Rule], ...] = ()
 
-    def rule_for(self, layer: nn.Module, is_first: bool) -> Rule:
+    def rule_for(self, layer: nn.Module, is_first: bool, path: str = "") -> Rule:
+        for name, rule in self.layers:
+            if name == path:
+                return rule
         if is_first and self.first is not None:
             return self.first
         return self.conv if isinstance(layer, nn.Conv2d) else self.linear

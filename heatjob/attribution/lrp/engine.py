@@ -246,7 +246,7 @@ def attach_rules(
             done.add(target)
             module = gm.get_submodule(target)
             if isinstance(module, AFFINE_LAYERS):
-                rule = composite.rule_for(module, is_first=target == first)
+                rule = composite.rule_for(module, is_first=target == first, path=target)
                 if isinstance(rule, ZBox) and rule.low is None:
                     rule = rule.with_bounds(low, high)
                 wrapped = RuleLayer(rule.bind(module, shared), f"{target}: {rule.describe()}")
@@ -333,7 +333,7 @@ class Explainer:
     def __init__(
         self,
         model: nn.Module,
-        composite: str,
+        composite: str | Composite,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         canonical: fx.GraphModule | None = None,
@@ -342,7 +342,7 @@ class Explainer:
     ) -> None:
         """`canonical`: a `canonize(model, ...)` result in `precision` to reuse, `shared`: a dict
         of modified weights to share (both from `explainers_for`)."""
-        self.composite = get_composite(composite)
+        self.composite = get_composite(composite) if isinstance(composite, str) else composite
         mean_t = torch.tensor(mean, dtype=torch.float32)
         std_t = torch.tensor(std, dtype=torch.float32)
         self.low = (0 - mean_t) / std_t
