@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from heatjob.attribution.lrp import Explainer
-from heatjob.attribution.lrp.engine import _rounds
+from heatjob.attribution.rows import rounds as _rounds
 from heatjob.job.worker import explain_unit
 
 NUM_CLASSES = 6

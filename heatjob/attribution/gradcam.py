@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heatjob.attribution.gradient import PRECISIONS, check_rows, frozen_copy, rounds
+from heatjob.attribution.gradient import frozen_copy
 from heatjob.attribution.registry import register_method
+from heatjob.attribution.rows import PRECISIONS, check_rows, rounds
 from heatjob.errors import SpecError
 
 ACTIVATION_AND_NORM = (nn.ReLU, nn.BatchNorm2d, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU)

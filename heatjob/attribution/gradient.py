@@ -18,8 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from heatjob.attribution.registry import register_method
-
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from heatjob.attribution.rows import PRECISIONS, check_rows, rounds
 
 
 def frozen_copy(model: nn.Module, precision: str) -> nn.Module:
@@ -28,35 +27,6 @@ def frozen_copy(model: nn.Module, precision: str) -> nn.Module:
     for p in copied.parameters():
         p.requires_grad_(False)
     return copied
-
-
-def rounds(images: list[int]) -> list[list[int]]:
-    """Row positions grouped so that no image appears twice in a group: one backward pass
-    per group, all groups from one forward pass (as the LRP engine)."""
-    groups: list[list[int]] = []
-    seen: dict[int, int] = {}
-    for row, image in enumerate(images):
-        k = seen.get(image, 0)
-        seen[image] = k + 1
-        if k == len(groups):
-            groups.append([])
-        groups[k].append(row)
-    return groups
-
-
-def check_rows(x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    if x.ndim != 4:
-        raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
-    images = torch.as_tensor(images, device=x.device).long()
-    targets = torch.as_tensor(targets, device=x.device).long()
-    if images.ndim != 1 or images.shape != targets.shape:
-        raise ValueError(
-            f"images and targets must be two equal 1-d index lists, got shapes "
-            f"{tuple(images.shape)} and {tuple(targets.shape)}"
-        )
-    if len(images) and (images.min() < 0 or images.max() >= x.shape[0]):
-        raise ValueError(f"image indices must lie in [0, {x.shape[0]})")
-    return images, targets
 
 
 def seeded_gradients(

@@ -38,6 +38,7 @@ from heatjob.attribution.lrp.rules import (
     norm_relevance,
     stabilize,
 )
+from heatjob.attribution.rows import PRECISIONS, check_rows, rounds
 from heatjob.errors import UnsupportedModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -286,9 +287,6 @@ def _copy_sharing_tensors(gm: fx.GraphModule) -> fx.GraphModule:
     return copy.deepcopy(gm, memo)
 
 
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def explainers_for(
     model: nn.Module,
     composites: Iterable[str],
@@ -373,43 +371,19 @@ class Explainer:
         backward pass takes at most one row per image, so an image with K rows costs K backward
         passes and the batch max(K) in all, against K forward+backward passes one target at a time.
         """
-        if x.ndim != 4:
-            raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
-        images = torch.as_tensor(images, device=x.device).long()
-        targets = torch.as_tensor(targets, device=x.device).long()
-        if images.ndim != 1 or images.shape != targets.shape:
-            raise ValueError(
-                f"images and targets must be two equal 1-d index lists, got shapes "
-                f"{tuple(images.shape)} and {tuple(targets.shape)}"
-            )
-        if len(images) and (images.min() < 0 or images.max() >= x.shape[0]):
-            raise ValueError(f"image indices must lie in [0, {x.shape[0]})")
-        rounds = _rounds(images.tolist())
+        images, targets = check_rows(x, images, targets)
+        groups = rounds(images.tolist())
         x = x.detach().to(self.dtype).requires_grad_(True)
         heatmaps = torch.empty(len(images), *x.shape[2:], device=x.device)
         with torch.enable_grad():
             logits = self.model(x)
             values = logits.detach()
-            for k, rows in enumerate(rounds):
+            for k, rows in enumerate(groups):
                 rows_t = torch.as_tensor(rows, device=x.device)
                 seed = torch.zeros_like(logits)
                 image, target = images[rows_t], targets[rows_t]
                 seed[image, target] = values[image, target]
-                last = k == len(rounds) - 1
+                last = k == len(groups) - 1
                 (relevance,) = torch.autograd.grad(logits, x, seed, retain_graph=not last)
                 heatmaps[rows_t] = relevance[image].float().sum(dim=1)
         return heatmaps, values.float()
-
-
-def _rounds(images: list[int]) -> list[list[int]]:
-    """Row positions grouped so that no image appears twice in a group (the k-th row of each image
-    goes to group k): one backward pass per group."""
-    rounds: list[list[int]] = []
-    seen: dict[int, int] = {}
-    for row, image in enumerate(images):
-        k = seen.get(image, 0)
-        seen[image] = k + 1
-        if k == len(rounds):
-            rounds.append([])
-        rounds[k].append(row)
-    return rounds

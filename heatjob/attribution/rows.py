@@ -1,0 +1,40 @@
+"""What every method's `explain_rows(x, images, targets)` shares: the dtypes a pass may run
+in, the check of its row lists, and the grouping of rows into backward passes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_rows(x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """`images` and `targets` as long tensors on x's device, after checking that they are two
+    equal 1-d index lists whose images lie in the batch x (n, channels, height, width)."""
+    if x.ndim != 4:
+        raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
+    images = torch.as_tensor(images, device=x.device).long()
+    targets = torch.as_tensor(targets, device=x.device).long()
+    if images.ndim != 1 or images.shape != targets.shape:
+        raise ValueError(
+            f"images and targets must be two equal 1-d index lists, got shapes "
+            f"{tuple(images.shape)} and {tuple(targets.shape)}"
+        )
+    if len(images) and (images.min() < 0 or images.max() >= x.shape[0]):
+        raise ValueError(f"image indices must lie in [0, {x.shape[0]})")
+    return images, targets
+
+
+def rounds(images: list[int]) -> list[list[int]]:
+    """Row positions grouped so that no image appears twice in a group (the k-th row of each
+    image goes to group k): one backward pass per group, all groups from one forward pass."""
+    groups: list[list[int]] = []
+    seen: dict[int, int] = {}
+    for row, image in enumerate(images):
+        k = seen.get(image, 0)
+        seen[image] = k + 1
+        if k == len(groups):
+            groups.append([])
+        groups[k].append(row)
+    return groups
