@@ -201,7 +201,11 @@ def _coco_image(rng: np.random.Generator, path: Path, width: int, height: int, b
 
 
 def make_coco_folder(
-    root: Path, n: int = 6, seed: int = 0, size_range: tuple[int, int] = (48, 96)
+    root: Path,
+    n: int = 6,
+    seed: int = 0,
+    size_range: tuple[int, int] = (48, 96),
+    categories: tuple[tuple[int, str], ...] = COCO_CATEGORIES,
 ) -> CocoLayout:
     """A COCO-layout folder: root/images/<file_name>.jpg and root/instances.json.
 
@@ -216,7 +220,7 @@ def make_coco_folder(
     total = n + 1 + len(COCO_MALFORMED)
     ids = [int(v) for v in rng.permutation(np.arange(1, 1000 * total))[:total]]
     images, annotations, malformed = [], [], {}
-    category_ids = [c for c, _ in COCO_CATEGORIES]
+    category_ids = [c for c, _ in categories]
     reasons = list(COCO_MALFORMED)
     for index, image_id in enumerate(ids):
         width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
@@ -262,9 +266,7 @@ def make_coco_folder(
         "licenses": [{"id": 1, "name": "none"}],
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": c, "name": name, "supercategory": "thing"} for c, name in COCO_CATEGORIES
-        ],
+        "categories": [{"id": c, "name": name, "supercategory": "thing"} for c, name in categories],
     }
     path = root / "instances.json"
     path.write_text(json.dumps(data))
@@ -315,6 +317,45 @@ def make_imagenet_folder(
             draw.rectangle((obj.xmin - 1, obj.ymin - 1, obj.xmax - 1, obj.ymax - 1), fill=colour)
         image.save(val / f"{image_id}.JPEG", format="JPEG", quality=90)
     return ImageNetLayout(val, boxes, synsets, ids, wnids, ids[n - 2], ids[n - 1])
+
+
+def compact_state_dict(arch: str, num_classes: int) -> dict:
+    """A state_dict that fits torchvision's `arch` (random weights) and takes under a MiB on
+    disk: each weight is one random row broadcast over its leading dimensions (an expanded
+    tensor saves only its row), scaled by 1/sqrt(fan-in); batch norm is the identity."""
+    import torch
+    import torchvision
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in model.state_dict().items():
+        if not value.dtype.is_floating_point:
+            state[key] = torch.zeros(value.shape, dtype=value.dtype)
+        elif key.endswith("running_var") or (value.dim() == 1 and key.endswith("weight")):
+            state[key] = torch.ones(1).expand(value.shape)
+        elif value.dim() == 1:  # biases, running means
+            state[key] = torch.zeros(1).expand(value.shape)
+        else:
+            fan_in = value[0].numel()
+            row = (torch.rand(value.shape[-1], generator=generator) * 2 - 1) * (3 / fan_in) ** 0.5
+            state[key] = row.expand(value.shape)
+    return state
+
+
+def fake_torchvision_cache(torch_home: Path, arch: str, weights: str) -> Path:
+    """Put a compact state_dict where torchvision looks for `weights` of `arch` (under
+    $TORCH_HOME/hub/checkpoints, named after the weights' URL), so that loading them by
+    name needs no download."""
+    import torch
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)[weights]
+    path = Path(torch_home) / "hub" / "checkpoints" / Path(enum.url).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(compact_state_dict(arch, len(enum.meta["categories"])), path)
+    return path
 
 
 SIZE = 32

@@ -190,3 +190,11 @@ def test_a_coco_job_through_the_cli(coco, tmp_path):
     scored = ~failed[root["rows/sample"][:]]
     assert np.isfinite(heatmaps[scored]).all() and np.isnan(heatmaps[~scored]).all()
     assert "EpsilonPlusFlat" in root.attrs["metrics"]
+
+
+def test_a_missing_annotations_file_is_a_spec_error_naming_the_key(coco, tmp_path):
+    from heatjob.errors import SpecError
+
+    raw = _spec(coco, tmp_path / "s.zarr", annotations=str(tmp_path / "gone.json"))
+    with pytest.raises(SpecError, match=r"\[dataset\] annotations: no such file or folder"):
+        prepare(parse_spec(raw), progress=False)

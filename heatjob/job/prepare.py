@@ -46,6 +46,10 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
             )
     if spec.dataset.kind != "synthetic" and not Path(spec.dataset.root).is_dir():
         raise SpecError(f"{src}: [dataset] root: no such folder: {spec.dataset.root}")
+    for key in ("annotations", "synsets"):  # coco, imagenet
+        value = getattr(spec.dataset, key)
+        if value and not Path(value).exists():
+            raise SpecError(f"{src}: [dataset] {key}: no such file or folder: {value}")
     dataset = open_job_dataset(spec)
     classes = list(dataset.classes)
     num_classes = spec.model.num_classes or len(classes)
