@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -166,7 +169,14 @@ def test_render_draws_the_cropped_input_the_model_saw_and_status_counts_lost_box
     from heatjob.store.status import job_status
 
     status = job_status(spec["store"]["path"])
-    assert status["boxes_cropped_away"] == job.boxes_cropped_away
+    assert status["boxes_cropped_away"] == job.boxes_cropped_away > 0
+    printed = subprocess.run(
+        [sys.executable, "-m", "heatjob.cli", "status", spec["store"]["path"]],
+        capture_output=True,
+        text=True,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert f"boxes cropped away: {job.boxes_cropped_away} " in printed.stdout
     notes: list[str] = []
     drawn = _input_images(info, [0, 1], notes)
     assert notes == []
