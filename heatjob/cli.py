@@ -194,6 +194,9 @@ def _print_status(report: dict, composites: list[str]) -> None:
     typer.echo(
         f"  retries: {extra} (units {', '.join(map(str, retried))})" if retried else "  retries: 0"
     )
+    if report.get("boxes_cropped_away"):
+        count = report["boxes_cropped_away"]
+        typer.echo(f"  boxes cropped away: {count} (outside the centre crop; not in boxes/)")
     failures = report["failures"]
     typer.echo(f"  failures: {len(failures)} sample{'s' if len(failures) != 1 else ''}")
     for failure in failures[:_SHOWN_FAILURES]:

@@ -23,6 +23,10 @@ from heatjob.data.registry import dataset_kinds
 from heatjob.errors import SpecError
 
 STORE_DTYPES = ("float16", "float32")
+RESIZE_MODES = ("squash", "crop")
+UNANNOTATED = ("skip", "keep")
+# the [dataset] file keys each kind needs besides root
+_DATASET_FILES = {"coco": ("annotations",), "imagenet": ("annotations", "synsets")}
 DEVICES = ("auto", "cpu", "cuda")
 MAX_IMAGE_SIZE = 4096  # a float32 heatmap row is then 64 MiB; larger is a typo
 PRECISIONS = ("float32", "bfloat16", "float16")  # the dtype the LRP pass runs in
@@ -38,6 +42,11 @@ class DatasetSpec:
     limit: int = 0
     num_samples: int = 256  # synthetic only
     seed: int = 0  # synthetic only
+    annotations: str = ""  # coco: the instances JSON; imagenet: the folder of box XMLs
+    synsets: str = ""  # imagenet: the synset list that fixes the class order
+    unannotated: str = "skip"  # coco: images without annotations, skip | keep
+    resize: str = "squash"  # squash | crop (heatjob.data.geometry)
+    resize_to: int = 0  # crop: the shorter side before the crop; 0 = image_size * 256 / 224
 
 
 @dataclass(frozen=True)
@@ -255,6 +264,24 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _check_dataset_inputs(ds: DatasetSpec, fail) -> None:
+    """The keys that say which files a kind reads and how its images become inputs."""
+    for key in _DATASET_FILES.get(ds.kind, ()):
+        if not getattr(ds, key):
+            fail(f"[dataset] {key}", f"is required for kind = {ds.kind!r}")
+    if ds.unannotated not in UNANNOTATED:
+        fail("[dataset] unannotated", f"must be skip or keep, got {_short(ds.unannotated)}")
+    if ds.resize not in RESIZE_MODES:
+        fail("[dataset] resize", f"must be squash or crop, got {_short(ds.resize)}")
+    if ds.resize == "squash" and ds.resize_to:
+        fail("[dataset] resize_to", 'applies to resize = "crop" only; remove it or set resize')
+    if ds.resize_to and not ds.image_size <= ds.resize_to <= MAX_IMAGE_SIZE:
+        fail(
+            "[dataset] resize_to",
+            f"must be 0 or image_size ({ds.image_size}) to {MAX_IMAGE_SIZE}, got {ds.resize_to}",
+        )
+
+
 def _check_values(spec: JobSpec) -> None:
     src = spec.source
     ds, model, attr, store, run = spec.dataset, spec.model, spec.attribution, spec.store, spec.run
@@ -273,6 +300,7 @@ def _check_values(spec: JobSpec) -> None:
         fail("[dataset] limit", f"must be 0 (all) or positive, got {ds.limit}")
     if ds.num_samples < 1:
         fail("[dataset] num_samples", f"must be positive, got {ds.num_samples}")
+    _check_dataset_inputs(ds, fail)
     if not model.arch:
         fail("[model] arch", "must name an architecture")
     if model.weights and model.checkpoint:

@@ -4,6 +4,7 @@ made through heatjob's public prepare and create_store."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,6 +166,196 @@ def make_voc_folder(
         text = "".join(f"{sample.id}\n" for sample in members)
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text(text)
     return root
+
+
+# ---------------------------------------------------------------- COCO and ImageNet layouts
+
+# (id, name) in the order the file lists them: not ascending, with gaps, as COCO's own are
+COCO_CATEGORIES = ((18, "dog"), (1, "person"), (62, "chair"), (3, "car"), (44, "bottle"))
+# image index -> what is wrong with its one annotation (a fragment of the failure reason)
+COCO_MALFORMED = {
+    "bbox is not": {"bbox": [4.0, 5.0, 10.0]},
+    "has no area": {"bbox": [4.0, 5.0, 0.0, 9.0]},
+    "is not a category": {"category_id": 999},
+    "iscrowd is not 0 or 1": {"iscrowd": 2},
+    "lies outside": {"bbox": [500.0, 500.0, 10.0, 10.0]},
+}
+
+
+@dataclass(frozen=True)
+class CocoLayout:
+    root: Path  # the image folder
+    annotations: Path  # the instances JSON
+    image_ids: list[int]  # every image of the file, in file order
+    unannotated: list[int]  # images without any annotation
+    malformed: dict[int, str]  # image id -> a fragment of its failure reason
+
+
+def _coco_image(rng: np.random.Generator, path: Path, width: int, height: int, boxes) -> None:
+    image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for x, y, w, h in boxes:
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.rectangle((x, y, x + w - 1, y + h - 1), fill=colour)
+    image.save(path, quality=90)
+
+
+def make_coco_folder(
+    root: Path,
+    n: int = 6,
+    seed: int = 0,
+    size_range: tuple[int, int] = (48, 96),
+    categories: tuple[tuple[int, str], ...] = COCO_CATEGORIES,
+) -> CocoLayout:
+    """A COCO-layout folder: root/images/<file_name>.jpg and root/instances.json.
+
+    `n` good images with 1-3 float boxes each (image 0 holds a crowd annotation, image 1 a
+    box sticking out past the right edge), then one image without annotations, then one
+    image per COCO_MALFORMED entry; image ids are random and not ascending.
+    """
+    root = Path(root)
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 2])
+    total = n + 1 + len(COCO_MALFORMED)
+    ids = [int(v) for v in rng.permutation(np.arange(1, 1000 * total))[:total]]
+    images, annotations, malformed = [], [], {}
+    category_ids = [c for c, _ in categories]
+    reasons = list(COCO_MALFORMED)
+    for index, image_id in enumerate(ids):
+        width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
+        file_name = f"COCO_val2014_{image_id:012d}.jpg"
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": width,
+                "height": height,
+                "license": 1,
+                "coco_url": "",
+                "date_captured": "",
+            }
+        )
+        count = int(rng.integers(1, 4)) if index < n else (0 if index == n else 1)
+        drawn = []
+        for k in range(count):
+            w = round(float(rng.uniform(6, width / 2)), 2)
+            h = round(float(rng.uniform(6, height / 2)), 2)
+            x = round(float(rng.uniform(0, width - w)), 2)
+            y = round(float(rng.uniform(0, height - h)), 2)
+            if index == 1 and k == 0:
+                w = round(width - x + 7.5, 2)  # past the right edge: clipped on reading
+            entry = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(rng.choice(category_ids)),
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": int(index == 0 and k == 0),
+                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+            }
+            if index > n:
+                reason = reasons[index - n - 1]
+                entry.update(COCO_MALFORMED[reason])
+                malformed[image_id] = reason
+            annotations.append(entry)
+            drawn.append((int(x), int(y), max(1, int(w)), max(1, int(h))))
+        _coco_image(rng, images_dir / file_name, width, height, drawn)
+    data = {
+        "info": {"description": "generated"},
+        "licenses": [{"id": 1, "name": "none"}],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": name, "supercategory": "thing"} for c, name in categories],
+    }
+    path = root / "instances.json"
+    path.write_text(json.dumps(data))
+    return CocoLayout(images_dir, path, ids, [ids[n]], malformed)
+
+
+@dataclass(frozen=True)
+class ImageNetLayout:
+    root: Path  # the images
+    annotations: Path  # the box XMLs
+    synsets: Path  # the synset list
+    image_ids: list[str]  # sorted
+    wnids: list[str]  # the synset list's order
+    missing_xml: str  # an image without a box XML
+    unknown_synset: str  # an image whose XML names a synset the list lacks
+
+
+def make_imagenet_folder(
+    root: Path, n: int = 6, n_classes: int = 12, seed: int = 0, size_range=(48, 120)
+) -> ImageNetLayout:
+    """An ILSVRC-2012-validation layout: root/val/ILSVRC2012_val_<8 digits>.JPEG,
+    root/boxes/<same stem>.xml (VOC format, <name> a synset, 1-2 boxes of the image's
+    class), root/LOC_synset_mapping.txt (n_classes lines, names 0 and 1 shared). The last
+    two images lack their XML and name an unknown synset."""
+    root = Path(root)
+    val, boxes = root / "val", root / "boxes"
+    val.mkdir(parents=True, exist_ok=True)
+    boxes.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 3])
+    wnids = [f"n{v:08d}" for v in sorted(rng.choice(10**7, n_classes, replace=False))]
+    lines = [
+        f"{w} {'crane' if i < 2 else f'thing{i}'}, other name {i}" for i, w in enumerate(wnids)
+    ]
+    synsets = root / "LOC_synset_mapping.txt"
+    synsets.write_text("\n".join(lines) + "\n")
+    ids = [f"ILSVRC2012_val_{i:08d}" for i in sorted(rng.choice(50000, n, replace=False) + 1)]
+    for index, image_id in enumerate(ids):
+        width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
+        wnid = wnids[int(rng.integers(n_classes))] if index < n - 1 else "n99999999"
+        objects = [_random_object(rng, wnid, width, height) for _ in range(int(rng.integers(1, 3)))]
+        sample = PlannedSample(image_id, width, height, tuple(objects))
+        if index != n - 2:
+            (boxes / f"{image_id}.xml").write_text(annotation_xml(sample))
+        image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(image)
+        for obj in objects:
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            draw.rectangle((obj.xmin - 1, obj.ymin - 1, obj.xmax - 1, obj.ymax - 1), fill=colour)
+        image.save(val / f"{image_id}.JPEG", format="JPEG", quality=90)
+    return ImageNetLayout(val, boxes, synsets, ids, wnids, ids[n - 2], ids[n - 1])
+
+
+def compact_state_dict(arch: str, num_classes: int) -> dict:
+    """A state_dict that fits torchvision's `arch` (random weights) and takes under a MiB on
+    disk: each weight is one random row broadcast over its leading dimensions (an expanded
+    tensor saves only its row), scaled by 1/sqrt(fan-in); batch norm is the identity."""
+    import torch
+    import torchvision
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in model.state_dict().items():
+        if not value.dtype.is_floating_point:
+            state[key] = torch.zeros(value.shape, dtype=value.dtype)
+        elif key.endswith("running_var") or (value.dim() == 1 and key.endswith("weight")):
+            state[key] = torch.ones(1).expand(value.shape)
+        elif value.dim() == 1:  # biases, running means
+            state[key] = torch.zeros(1).expand(value.shape)
+        else:
+            fan_in = value[0].numel()
+            row = (torch.rand(value.shape[-1], generator=generator) * 2 - 1) * (3 / fan_in) ** 0.5
+            state[key] = row.expand(value.shape)
+    return state
+
+
+def fake_torchvision_cache(torch_home: Path, arch: str, weights: str) -> Path:
+    """Put a compact state_dict where torchvision looks for `weights` of `arch` (under
+    $TORCH_HOME/hub/checkpoints, named after the weights' URL), so that loading them by
+    name needs no download."""
+    import torch
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)[weights]
+    path = Path(torch_home) / "hub" / "checkpoints" / Path(enum.url).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(compact_state_dict(arch, len(enum.meta["categories"])), path)
+    return path
 
 
 SIZE = 32

@@ -176,8 +176,8 @@ def test_voc_reads_annotation_text_written_by_factory():
 
 
 def test_open_dataset_rejects_unknown_kind_and_negative_limit(tmp_path):
-    with pytest.raises(DataError, match="coco"):
-        open_dataset("coco", str(tmp_path), "val", 0)
+    with pytest.raises(DataError, match="kitti"):
+        open_dataset("kitti", str(tmp_path), "val", 0)
     with pytest.raises(DataError, match="limit"):
         open_dataset("synthetic", "", "", -1)
 

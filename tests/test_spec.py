@@ -54,7 +54,7 @@ def test_round_trip_through_dict():
         (spec_with("run", "batch_size", 0), "[run] batch_size must be positive"),
         (spec_with("model", "mean", [0.5, 0.5]), "[model] mean must have 3 values"),
         (spec_with("model", "std", "abc"), "[model] std must be a list of numbers"),
-        (spec_with("dataset", "kind", "coco"), "[dataset] kind must be one of"),
+        (spec_with("dataset", "kind", "kitti"), "[dataset] kind must be one of"),
         (spec_with("dataset", "kind", "voc"), "[dataset] root is required"),
         (spec_with("attribution", "targets", "top5"), "[attribution] targets must be"),
         (spec_with("attribution", "targets", "predicted:0"), "needs K >= 1"),

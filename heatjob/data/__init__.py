@@ -5,7 +5,7 @@ input) lives in heatjob.data.transforms, which imports torch.
 """
 
 # the readers: imported for their registration
-from heatjob.data import imagefolder, synthetic, voc  # noqa: E402, F401, I001
+from heatjob.data import coco, imagefolder, imagenet, synthetic, voc  # noqa: E402, F401, I001
 from heatjob.data.base import VOC_CLASSES, Dataset, SampleRecord, read_records, scale_boxes
 from heatjob.data.registry import dataset_kinds, open_dataset, open_job_dataset, register_dataset
 

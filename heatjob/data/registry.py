@@ -6,6 +6,7 @@ reader, so the table is complete before anyone looks at it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -21,7 +22,8 @@ _KINDS: dict[str, type] = {}
 
 def register_dataset(kind: str) -> Callable[[T], T]:
     """Class decorator: `kind` in a spec's [dataset] table opens this reader through its
-    `open(root=, split=, limit=, num_samples=, seed=, image_size=)` class method."""
+    `open(root=, split=, limit=, num_samples=, seed=, image_size=, **options)` class method,
+    `options` being the table's other keys (a reader takes what it needs, `**_` the rest)."""
 
     def add(cls: T) -> T:
         if kind in _KINDS:
@@ -45,6 +47,7 @@ def open_dataset(
     num_samples: int = 256,
     seed: int = 0,
     image_size: int = 64,
+    **options: object,
 ) -> Dataset:
     """The data set named by the job spec's [dataset] table.
 
@@ -63,18 +66,12 @@ def open_dataset(
         num_samples=num_samples,
         seed=seed,
         image_size=image_size,
+        **options,
     )
 
 
 def open_job_dataset(spec: JobSpec) -> Dataset:
     """The data set of a job spec's [dataset] table."""
-    ds = spec.dataset
-    return open_dataset(
-        ds.kind,
-        ds.root,
-        ds.split,
-        ds.limit,
-        num_samples=ds.num_samples,
-        seed=ds.seed,
-        image_size=ds.image_size,
-    )
+    options = dataclasses.asdict(spec.dataset)
+    kind, root, split, limit = (options.pop(key) for key in ("kind", "root", "split", "limit"))
+    return open_dataset(kind, root, split, limit, **options)

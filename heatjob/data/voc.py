@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,14 @@ def _box(
 
 
 def parse_annotation(
-    xml_path: Path, sample_id: str, image_path: Path | None = None
+    xml_path: Path,
+    sample_id: str,
+    image_path: Path | None = None,
+    class_index: Mapping[str, int] = _CLASS_INDEX,
+    vocabulary: str = "a PASCAL VOC class",
 ) -> SampleRecord:
-    """One VOC annotation file as a record; the size comes from the image when <size> lacks it."""
+    """One VOC-format annotation file as a record; the size comes from the image when <size>
+    lacks it. `class_index` maps <name> to a class (ImageNet's XMLs name WordNet synsets)."""
     try:
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
@@ -101,15 +107,13 @@ def parse_annotation(
     boxes, classes, difficult = [], [], []
     for obj in root.findall("object"):
         name = (obj.findtext("name") or "").strip()
-        if name not in _CLASS_INDEX:
-            raise DataError(
-                f"{xml_path}: unknown class name {name[:40]!r} (not a PASCAL VOC class)"
-            )
+        if name not in class_index:
+            raise DataError(f"{xml_path}: unknown class name {name[:40]!r} (not {vocabulary})")
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise DataError(f"{xml_path}: object {name!r} has no <bndbox>")
         boxes.append(_box(bndbox, name, width, height, xml_path))
-        classes.append(_CLASS_INDEX[name])
+        classes.append(class_index[name])
         flag = (obj.findtext("difficult") or "0").strip()
         if flag not in ("0", "1", "0.0", "1.0"):
             raise DataError(f"{xml_path}: <difficult> is not 0 or 1: {flag[:40]!r}")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from heatjob.attribution.lrp import composite_names, ensure_supported
-from heatjob.data import open_job_dataset, read_records, scale_boxes
+from heatjob.data import open_job_dataset, read_records
+from heatjob.data.geometry import input_geometry, transform_boxes
 from heatjob.errors import DataError, SpecError
 from heatjob.job.plan import Plan, make_plan
 from heatjob.models import build_model, file_sha256
@@ -30,6 +31,7 @@ class PreparedJob:
     sample_ids: list[str]
     checkpoint_sha256: str
     failures: dict[int, str]  # samples whose annotation could not be read: index -> reason
+    boxes_cropped_away: int = 0  # boxes that [dataset] resize = "crop" cut away entirely
 
 
 def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
@@ -44,6 +46,10 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
             )
     if spec.dataset.kind != "synthetic" and not Path(spec.dataset.root).is_dir():
         raise SpecError(f"{src}: [dataset] root: no such folder: {spec.dataset.root}")
+    for key in ("annotations", "synsets"):  # coco, imagenet
+        value = getattr(spec.dataset, key)
+        if value and not Path(value).exists():
+            raise SpecError(f"{src}: [dataset] {key}: no such file or folder: {value}")
     dataset = open_job_dataset(spec)
     classes = list(dataset.classes)
     num_classes = spec.model.num_classes or len(classes)
@@ -68,15 +74,22 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     records = read_records(dataset, progress=progress, failures=failures)
     if not records:
         raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
-    size = spec.dataset.image_size
+    ds = spec.dataset
     labels = np.zeros((len(records), num_classes), dtype=bool)
     boxes, box_sample, box_class, box_difficult = [], [], [], []
+    cropped_away = 0
     for i, record in enumerate(records):
         labels[i, list(record.labels)] = True
-        boxes.append(scale_boxes(record.boxes, record.height, record.width, size))
-        box_sample.append(np.full(len(record.boxes), i, dtype=np.int64))
-        box_class.append(record.box_classes)
-        box_difficult.append(record.box_difficult)
+        # a box the crop cuts away leaves the sample's boxes; the sample keeps its labels
+        geometry = input_geometry(
+            record.height, record.width, ds.image_size, ds.resize, ds.resize_to
+        )
+        xyxy, kept = transform_boxes(record.boxes, record.height, record.width, geometry)
+        cropped_away += int((~kept).sum())
+        boxes.append(xyxy[kept])
+        box_sample.append(np.full(int(kept.sum()), i, dtype=np.int64))
+        box_class.append(record.box_classes[kept])
+        box_difficult.append(record.box_difficult[kept])
     job = job_from_arrays(
         spec,
         labels,
@@ -90,6 +103,7 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
         has_boxes=dataset.has_boxes,
         checkpoint_sha256=file_sha256(m.checkpoint) if m.checkpoint else "",
         failures=failures,
+        boxes_cropped_away=cropped_away,
     )
     if job.plan.n_rows == 0 and failures:
         first = min(failures)
@@ -146,6 +160,7 @@ def job_from_arrays(
     has_boxes: bool = True,
     checkpoint_sha256: str = "",
     failures: dict[int, str] | None = None,
+    boxes_cropped_away: int = 0,
 ) -> PreparedJob:
     """A prepared job from annotation arrays: what `prepare` builds from a data set, and
     what benchmarks and tests build to make a real store of known contents.
@@ -187,4 +202,5 @@ def job_from_arrays(
         sample_ids=list(sample_ids) if sample_ids is not None else [str(i) for i in range(n)],
         checkpoint_sha256=checkpoint_sha256,
         failures=failures,
+        boxes_cropped_away=boxes_cropped_away,
     )

@@ -88,12 +88,13 @@ class UnitWorker:
         An unreadable image does not stop the job: its input is zeros (so the batch keeps
         its shape), and `explain` turns its heatmap rows and logits into NaN.
         """
-        size = self.spec.dataset.image_size
-        m = self.spec.model
+        ds, m = self.spec.dataset, self.spec.model
+        size = ds.image_size
         batch, failures = [], {}
         for i in samples:
             try:
-                batch.append(to_input(self.dataset.load_image(i), size, m.mean, m.std))
+                image = self.dataset.load_image(i)
+                batch.append(to_input(image, size, m.mean, m.std, ds.resize, ds.resize_to))
             except DataError as exc:
                 failures[i] = str(exc)
                 batch.append(torch.zeros(3, size, size))

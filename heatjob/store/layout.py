@@ -84,6 +84,7 @@ def provenance(job: PreparedJob) -> dict[str, Any]:
         "has_boxes": job.has_boxes,
         "shard_size": job.plan.shard_size,
         "n_units": len(job.plan.units),
+        "boxes_cropped_away": job.boxes_cropped_away,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 

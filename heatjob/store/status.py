@@ -31,6 +31,8 @@ def job_status(path: str, verify: bool = False) -> dict:
         "rows_total": sum(u.n_rows for u in units),
         "composites": {c: {"units_done": int(done.sum())} for c in info.composites},
         "merged": "metrics" in root.attrs,
+        # boxes that [dataset] resize = "crop" cut away (not in stores made before the key)
+        "boxes_cropped_away": int(info.attrs.get("boxes_cropped_away", 0)),
         "retried_units": {int(u): int(attempts[u]) for u in np.flatnonzero(attempts > 1)},
         "failures": [
             {"sample": int(s), "id": str(ids[s]), "reason": str(reasons[s])} for s in failed

@@ -1,6 +1,7 @@
 """Pictures of a store: heatmap overlays, a grid across composites, the metrics figure.
 
-Overlays show the input image as the model saw it (resized to S x S, reopened
+Overlays show the input image as the model saw it (resized, or resized and cropped, to
+S x S as the spec's [dataset] resize says, reopened
 through heatjob.data from the spec in the store), the heatmap in a diverging colour
 map centred at 0 (red positive, blue negative, each map scaled by its own largest
 magnitude), the target's boxes (solid) and the other classes' boxes (dashed).
@@ -60,15 +61,13 @@ def choose_rows(n_rows: int, rows: list[int] | None, sample: int | None, seed: i
 
 def _input_images(info, samples: list[int], notes: list[str]) -> dict[int, np.ndarray | None]:
     """The model's view of each sample (RGB, S x S, uint8), or None when the data is gone."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
-
     from heatjob.data import open_job_dataset
+    from heatjob.data.transforms import model_view
     from heatjob.spec import parse_spec
 
-    size = info.image_size
     try:
-        dataset = open_job_dataset(parse_spec(info.attrs["spec"], source=f"{info.path} spec"))
+        spec = parse_spec(info.attrs["spec"], source=f"{info.path} spec")
+        dataset = open_job_dataset(spec)
     except HeatjobError as exc:
         notes.append(f"input images not drawn: {exc}")
         return dict.fromkeys(samples)
@@ -80,8 +79,8 @@ def _input_images(info, samples: list[int], notes: list[str]) -> dict[int, np.nd
             notes.append(f"sample {s}: input image not drawn: {exc}")
             out[s] = None
             continue
-        resized = F.resize(image, [size, size], InterpolationMode.BILINEAR, antialias=True)
-        out[s] = np.asarray(resized)
+        ds = spec.dataset
+        out[s] = np.asarray(model_view(image, ds.image_size, ds.resize, ds.resize_to))
     return out
 
 
