@@ -92,33 +92,33 @@ def curves(
     """
     n = x.shape[0]
     device = x.device
-    rank_t = {o: torch.from_numpy(r).to(device) for o, r in ranks.items()}
     names = list(ranks)
-    # one job per (row, order, step); step 0 once per row (order index -1)
-    jobs = [(i, -1, 0) for i in range(n)] if first is None else []
-    jobs += [(i, j, k) for i in range(n) for j in range(len(names)) for k in range(1, steps + 1)]
-    out = {o: np.full((n, steps + 1), np.nan, dtype=np.float32) for o in names}
+    rank_t = torch.from_numpy(np.stack([ranks[o] for o in names])).to(device)  # (O, n, S, S)
+    # one job per (row, order, step) as columns (row, order, step); step 0 (rank < 0 is
+    # nowhere: x itself) once per row, under order 0
+    grid = np.stack(
+        np.meshgrid(np.arange(n), np.arange(len(names)), np.arange(1, steps + 1), indexing="ij"),
+        -1,
+    ).reshape(-1, 3)
+    if first is None:
+        grid = np.concatenate(
+            [np.stack([np.arange(n), np.zeros(n, int), np.zeros(n, int)], 1), grid]
+        )
+    out = np.full((len(names), n, steps + 1), np.nan, dtype=np.float32)
     if first is not None:
-        for o in names:
-            out[o][:, 0] = first
+        out[:, :, 0] = first
     targets_t = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=device)
-    for start in range(0, len(jobs), batch_size):
-        chunk = np.asarray(jobs[start : start + batch_size])
-        rows_t = torch.from_numpy(chunk[:, 0]).to(device)
-        k_t = torch.from_numpy(chunk[:, 2]).to(device).view(-1, 1, 1, 1)
-        rank = torch.stack(
-            [rank_t[names[j]][i] if j >= 0 else rank_t[names[0]][i] for i, j, _ in chunk]
-        ).unsqueeze(1)
-        perturbed = torch.where(rank < k_t, base[rows_t], x[rows_t])
+    for start in range(0, len(grid), batch_size):
+        chunk = grid[start : start + batch_size]
+        i, j, k = (torch.from_numpy(chunk[:, c]).to(device) for c in range(3))
+        rank = rank_t[j, i].unsqueeze(1)  # (b, 1, S, S)
+        perturbed = torch.where(rank < k.view(-1, 1, 1, 1), base[i], x[i])
         logits = model(perturbed).float()
-        values = logits.gather(1, targets_t[rows_t].view(-1, 1)).squeeze(1).cpu().numpy()
-        for (i, j, k), value in zip(chunk.tolist(), values.tolist(), strict=True):
-            if j < 0:
-                for o in names:
-                    out[o][i, 0] = value
-            else:
-                out[names[j]][i, k] = value
-    return out
+        values = logits.gather(1, targets_t[i].view(-1, 1)).squeeze(1).cpu().numpy()
+        zero = chunk[:, 2] == 0
+        out[:, chunk[zero, 0], 0] = values[zero]  # step 0 serves every order
+        out[chunk[~zero, 1], chunk[~zero, 0], chunk[~zero, 2]] = values[~zero]
+    return {o: out[j] for j, o in enumerate(names)}
 
 
 def unit_curves(
