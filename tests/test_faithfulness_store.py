@@ -15,6 +15,7 @@ import pytest
 import zarr
 from factories import run_job_locally, synthetic_spec
 
+import heatjob
 from heatjob.errors import HeatjobError
 from heatjob.eval.merge import merge
 from heatjob.eval.report import format_table
@@ -132,6 +133,15 @@ def test_merge_reports_aopc_as_computed_by_hand(stores, tmp_path):
             lo, hi = report.intervals[source][f"aopc_{order}"]
             assert lo <= value <= hi
             np.testing.assert_allclose(root[f"metrics/{source}/aopc_{order}"][:], per_row)
+    ds = heatjob.open_store(str(copy))
+    assert ds.curve.dims == ("composite", "order", "row", "step")
+    np.testing.assert_array_equal(
+        ds.curve.sel(composite=SOURCES[1], order="lerf").values,
+        root[f"curves/{SOURCES[1]}/lerf"][:],
+    )
+    np.testing.assert_array_equal(
+        ds.aopc_morf.sel(composite=SOURCES[0]).values, root[f"metrics/{SOURCES[0]}/aopc_morf"][:]
+    )
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved[SOURCES[0]]["aopc_morf"] == report.metrics[SOURCES[0]]["aopc_morf"]
     assert root.attrs["merged"]["faithfulness"]["steps"] == 5
