@@ -166,6 +166,7 @@ def copy_store(source: Path, target: Path) -> None:
     shutil.copytree(source, target)
 
 
+@pytest.mark.slow
 def test_cli_bad_faithfulness_is_one_line_and_exit_2(tmp_path):
     raw = synthetic_spec(tmp_path / "x.zarr").to_dict()
     raw["evaluation"] = {"faithfulness": {"steps": 4, "baseline": "black"}}
@@ -177,6 +178,7 @@ def test_cli_bad_faithfulness_is_one_line_and_exit_2(tmp_path):
     assert "[evaluation] faithfulness baseline must be one of" in line and str(spec) in line
 
 
+@pytest.mark.slow
 def test_cli_evaluate_bad_option_and_unfinished_store(stores, tmp_path):
     result = run_cli(
         "evaluate", str(stores / "without.zarr"), "--steps", "4", "--baseline", "black", "-q"
