@@ -37,6 +37,7 @@ bench: install
 	$(PY) bench/run.py --out bench/results
 	$(PY) bench/job.py --out bench/results
 	$(PY) bench/metrics_bench.py --out bench/results
+	$(PY) bench/faithfulness_bench.py --rows 8 --repeats 2 --out bench/results
 	$(PY) bench/table.py bench/results
 
 # Each job: submit (resumes a partial store), then merge with a JSON report beside the store.

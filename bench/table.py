@@ -107,10 +107,37 @@ def memory_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def faithfulness_table(report: dict) -> str:
+    quantus = "quantus_ms_per_heatmap_step" in report
+    return "\n".join(
+        [
+            f"{report['device_name']}, {report['machine']}, torch {report['torch']}, "
+            f"{report['threads']} threads, {report['when']}; {report['arch']} at "
+            f"{report['size']} px, {report['rows']} rows, {report['steps']} steps of "
+            f"{report['patch']} px patches, {' + '.join(report['orders'])}, mean baseline; "
+            f"load average {report['loadavg_1min_before']:.1f} before, "
+            f"{report['loadavg_1min_after']:.1f} after",
+            "",
+            "| heatmap (LRP) ms/row | curves ms per heatmap-step, batched "
+            f"({report['batch']} images) | one forward per step | batching gain | "
+            "Quantus RegionPerturbation | max abs diff (batched vs single, vs Quantus) |",
+            "|---|---|---|---|---|---|",
+            f"| {report['heatmap_ms_per_row']:.1f} | {report['batched_ms_per_heatmap_step']:.2f} | "
+            f"{report['one_forward_per_step_ms_per_heatmap_step']:.2f} | "
+            f"{report['batching_gain']:.2f}x | "
+            + (f"{report['quantus_ms_per_heatmap_step']:.2f} | " if quantus else "- | ")
+            + f"{report['max_abs_diff_batched_vs_single']:.1e}, "
+            + (f"{report['max_abs_diff_vs_quantus']:.1e} |" if quantus else "- |"),
+        ]
+    )
+
+
 TABLES = {  # results file -> its table, in the order docs/benchmarks.md shows them
     "job-latest.json": job_table,
     "metrics-latest.json": metrics_table,
     "metrics-memory-latest.json": memory_table,
+    "faithfulness-cpu-latest.json": faithfulness_table,
+    "faithfulness-cuda-latest.json": faithfulness_table,
 }
 
 

@@ -151,6 +151,43 @@ def merge(
 
 @app.command()
 @user_errors
+def evaluate(
+    store: Annotated[str, typer.Argument(help="A finished heatjob store.", show_default=False)],
+    steps: Annotated[
+        int | None, typer.Option(help="Patches perturbed, one per step (default 20).")
+    ] = None,
+    patch: Annotated[int | None, typer.Option(help="Patch side in pixels (default 8).")] = None,
+    order: Annotated[
+        list[str] | None,
+        typer.Option(help="morf, lerf or random; repeat for several (default all three)."),
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="mean, zero, blur or noise (default mean).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the random order and noise.")] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=0, help="Images per forward pass (0 = the spec's batch_size).")
+    ] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace curves made with other settings.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Perturbation curves (faithfulness) of a finished store's heatmaps, without
+    recomputing them; resumes an interrupted run. `heatjob merge` then reports AOPC."""
+    from heatjob.job.evaluate import describe
+    from heatjob.job.evaluate import evaluate as run_evaluate
+
+    given = {"steps": steps, "patch": patch, "order": order, "baseline": baseline, "seed": seed}
+    options = {k: v for k, v in given.items() if v is not None}
+    summary = run_evaluate(
+        store, options, overwrite=overwrite, batch_size=batch_size, progress=not quiet
+    )
+    typer.echo(describe(summary))
+
+
+@app.command()
+@user_errors
 def status(
     store: Annotated[str, typer.Argument(help="A heatjob store.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

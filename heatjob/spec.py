@@ -21,6 +21,7 @@ from heatjob.attribution.lrp.composites import composite_names
 from heatjob.attribution.registry import METHOD_NAME
 from heatjob.data.registry import dataset_kinds
 from heatjob.errors import SpecError
+from heatjob.eval.faithfulness import resolve_settings
 
 STORE_DTYPES = ("float16", "float32")
 RESIZE_MODES = ("squash", "crop")
@@ -96,12 +97,19 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class EvaluationSpec:
+    # region perturbation on the workers (heatjob.eval.faithfulness); {} = off
+    faithfulness: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     dataset: DatasetSpec
     model: ModelSpec
     attribution: AttributionSpec
     store: StoreSpec
     run: RunSpec = field(default_factory=RunSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     source: str = "<spec>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +140,7 @@ _SECTIONS: dict[str, type] = {
     "attribution": AttributionSpec,
     "store": StoreSpec,
     "run": RunSpec,
+    "evaluation": EvaluationSpec,
 }
 
 
@@ -171,6 +180,14 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> JobSpec:
     sections["attribution"] = dataclasses.replace(attribution, methods=methods)
     spec = JobSpec(**sections, source=source)
     _check_values(spec)
+    faithfulness = resolve_settings(
+        spec.evaluation.faithfulness,
+        spec.dataset.image_size,
+        f"{source}: [evaluation] faithfulness",
+    )
+    spec = dataclasses.replace(
+        spec, evaluation=dataclasses.replace(spec.evaluation, faithfulness=faithfulness)
+    )
     return spec
 
 

@@ -408,3 +408,30 @@ def make_store(path, n_samples=24, shard=8, seed=0, heatmaps=None):
     root["samples/logits"][:] = np.random.default_rng(seed).standard_normal((n, k))
     root["units/done"][:] = True
     return root
+
+
+def run_job_locally(spec, threads: int = 1):
+    """A whole job without Ray: prepare, create the store, every unit through the worker
+    the runner wraps (UnitWorker), and the driver's finish_unit. Returns the open store."""
+    from heatjob.job.plan import owned_samples
+    from heatjob.job.worker import UnitWorker
+    from heatjob.store.units import finish_unit
+
+    job = prepare(spec, progress=False)
+    root = create_store(job)
+    worker = UnitWorker(job.spec.to_dict(), job.spec.store.path, job.num_classes, threads)
+    rows_sample, rows_target = job.plan.rows_sample, job.plan.rows_target
+    for unit in job.plan.units:
+        rows = slice(unit.row_start, unit.row_stop)
+        owned = owned_samples(unit, rows_sample, len(job.sample_ids))
+        result = worker.run_unit(unit, rows_sample[rows], rows_target[rows], owned)
+        finish_unit(
+            root,
+            unit,
+            result.owned,
+            result.logits,
+            result.row_targets,
+            checksum=result.checksum,
+            failures=result.failures,
+        )
+    return root

@@ -72,3 +72,17 @@ def test_docs_show_the_tables_the_results_files_give():
     assert {name for name, _ in sections} >= {"job-latest.json", "metrics-memory-latest.json"}
     for name, text in sections:
         assert text in docs, f"docs/benchmarks.md does not show {name} as bench/table.py prints it"
+
+
+@pytest.mark.slow
+def test_quick_faithfulness_benchmark_agrees_batched_single_and_quantus(tmp_path: Path) -> None:
+    run(
+        str(BENCH / "faithfulness_bench.py"),
+        *("--rows", "2", "--steps", "3", "--repeats", "1", "--out", str(tmp_path)),
+    )
+    report = json.loads((tmp_path / "faithfulness-cpu-latest.json").read_text())
+    assert report["images_through_the_model"] == 2 * (1 + 3 * 3)
+    assert report["batched_s"] > 0 and report["one_forward_per_step_s"] > 0
+    assert report["max_abs_diff_batched_vs_single"] < 1e-3
+    assert report["max_abs_diff_vs_quantus"] < 1e-3
+    assert "| heatmap (LRP) ms/row |" in run(str(BENCH / "table.py"), str(tmp_path))

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from heatjob.errors import HeatjobError
 from heatjob.eval import aggregate, metrics
+from heatjob.eval.faithfulness_merge import score_curves
 from heatjob.store import schema
 from heatjob.store.layout import StoreInfo, consolidate, open_store, write_row_array
 from heatjob.store.units import done_flags, store_units
@@ -64,6 +65,7 @@ class MergeReport:
     per_class: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
     by_size: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
     excluded_failed: int = 0
+    faithfulness: dict = field(default_factory=dict)  # the curves' settings, when scored
 
 
 def failed_samples(root, n_samples: int) -> np.ndarray:
@@ -385,6 +387,8 @@ def merge(
         report.intervals = aggregate.bootstrap(sources, design, resamples, seed)
         write_row_arrays(root, info, geometry, per_row)
 
+    n_samples = root[schema.SAMPLE_ID].shape[0]
+    score_curves(root, info, failed_samples(root, n_samples), resamples, seed, report)
     root.attrs["metrics"] = report.metrics
     root.attrs["baselines"] = report.baselines
     root.attrs["intervals"] = report.intervals
@@ -395,6 +399,7 @@ def merge(
         "notes": notes,
         "excluded_failed_rows": report.excluded_failed,
         "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "unit": "sample"},
+        "faithfulness": report.faithfulness,
     }
     consolidate(root)
     if json_path:

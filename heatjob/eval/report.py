@@ -51,8 +51,35 @@ def format_table(report: MergeReport) -> str:
         for name in names:
             values = report.intervals.get(name, {})
             lines.append(name.ljust(width) + "".join(interval(values.get(k)) for k, _ in columns))
+    lines += format_faithfulness(report)
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def format_faithfulness(report: MergeReport) -> list[str]:
+    """AOPC per source and order (logit units) with its 95 % interval; [] without curves."""
+    orders = report.faithfulness.get("order", [])
+    if not orders:
+        return []
+    s = report.faithfulness
+    lines = [
+        "",
+        f"faithfulness: AOPC of the target logit (higher = removed faster), {s['steps']} "
+        f"steps of {s['patch']} px patches, baseline {s['baseline']}, {s['rows']} rows",
+    ]
+    width = max(len(n) for n in [*report.metrics, "composite"])
+    lines.append("composite".ljust(width) + "".join(f"{o:>24}" for o in orders))
+    for name, values in report.metrics.items():
+        cells = []
+        for order in orders:
+            key = schema.aopc_metric(order)
+            value, interval = values.get(key), report.intervals.get(name, {}).get(key)
+            text = "-" if value is None else f"{value:.3f}"
+            if interval:
+                text += f" [{interval[0]:.3f},{interval[1]:.3f}]"
+            cells.append(f"{text:>24}")
+        lines.append(name.ljust(width) + "".join(cells))
+    return lines
 
 
 def format_class_table(report: MergeReport) -> str:

@@ -21,10 +21,12 @@ from heatjob.attribution.registry import build_method
 from heatjob.data import open_job_dataset
 from heatjob.data.transforms import to_input
 from heatjob.errors import DataError, SpecError
+from heatjob.eval.perturbation import rows_curves
 from heatjob.job.plan import PENDING_TARGET, Unit
 from heatjob.job.prefetch import prefetch
 from heatjob.models import build_model
 from heatjob.spec import JobSpec, parse_spec
+from heatjob.store.curves import write_unit_curves
 from heatjob.store.units import write_unit_heatmaps
 
 
@@ -138,7 +140,7 @@ class UnitWorker:
         failed_rows = np.isin(rows_sample, list(failures))
         for maps in heatmaps.values():
             maps[failed_rows] = np.nan
-        return Explained(heatmaps, logits, chosen, failures, dict(timer.seconds))
+        return Explained(heatmaps, logits, chosen, failures, dict(timer.seconds), inputs, targets)
 
     def run_unit(
         self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
@@ -150,6 +152,13 @@ class UnitWorker:
         checksum = write_unit_heatmaps(
             self.store_path, unit, done.heatmaps, self.spec.store.storage_options
         )
+        if self.spec.evaluation.faithfulness:  # while the model and inputs are on the device
+            write_unit_curves(
+                self.store_path,
+                unit,
+                self.curves(done, rows_sample, unit.row_start),
+                self.spec.store.storage_options,
+            )
         logits = done.logits
         owned_logits = np.stack([logits[s] for s in owned]) if len(owned) else np.zeros((0, 0))
         return UnitResult(
@@ -164,6 +173,23 @@ class UnitWorker:
             failures=done.failures,
         )
 
+    def curves(self, done: Explained, rows_sample: np.ndarray, row_start: int) -> dict:
+        """Perturbation curves of the rows just explained ([evaluation] faithfulness)."""
+        dtype = self.spec.store.dtype
+        m = self.spec.model
+        return rows_curves(
+            self.model,
+            done.inputs,
+            rows_sample,
+            done.targets,
+            row_start,
+            {name: maps.astype(dtype) for name, maps in done.heatmaps.items()},
+            self.spec.evaluation.faithfulness,
+            self.spec.run.batch_size,
+            m.mean,
+            m.std,
+        )
+
 
 @dataclass(frozen=True)
 class Explained:
@@ -174,6 +200,8 @@ class Explained:
     chosen_targets: np.ndarray | None  # the targets it chose (predicted:K), else None
     failures: dict[int, str]  # unreadable images: sample -> reason
     seconds: dict[str, float]  # load (in the loader thread), forward, explain
+    inputs: dict = field(default_factory=dict)  # sample -> its input on the device
+    targets: np.ndarray | None = None  # each row's target
 
 
 class _Timer:

@@ -24,6 +24,7 @@ import zarr
 import heatjob
 from heatjob.errors import HeatjobError
 from heatjob.store import schema
+from heatjob.store.curves import create_curves
 from heatjob.store.location import open_group, redact
 
 if TYPE_CHECKING:
@@ -144,6 +145,15 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
     small_array(root, schema.UNIT_NODE, no_writer, fill="", dtype=str)
     small_array(root, schema.UNIT_PID, np.full(n_units, -1, dtype=np.int64), fill=-1)
     add_failure_records(root, n_units, n_samples, job.failures)
+    if spec.evaluation.faithfulness:
+        create_curves(
+            root,
+            spec.attribution.sources,
+            plan.n_rows,
+            plan.shard_size,
+            n_units,
+            spec.evaluation.faithfulness,
+        )
     root.attrs[schema.ROOT_ATTRIBUTE] = attrs if attrs is not None else provenance(job)
     return root
 

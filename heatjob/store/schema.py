@@ -38,6 +38,10 @@ UNIT_NODE = "units/node"
 UNIT_PID = "units/pid"
 UNIT_ATTEMPTS = "units/attempts"
 UNIT_CHECKSUM = "units/checksum"
+# perturbation curves (heatjob.store.curves): curves/<source>/<order>, and per unit
+CURVES_DONE = "curves/done"  # the unit's curves are written
+FAITHFULNESS_ATTRIBUTE = "faithfulness"  # root attribute: the settings of the curves
+CURVE_DIMENSIONS = ("row", "step")
 
 HEATMAP_BOX = "heatmap_box"  # metrics/<source>/heatmap_box: the box merge took from the map
 
@@ -63,6 +67,7 @@ DIMENSIONS: dict[str, tuple[str, ...]] = {
     UNIT_PID: ("unit",),
     UNIT_ATTEMPTS: ("unit",),
     UNIT_CHECKSUM: ("unit",),
+    CURVES_DONE: ("unit",),
 }
 HEATMAP_DIMENSIONS = ("row", "y", "x")
 
@@ -70,6 +75,11 @@ HEATMAP_DIMENSIONS = ("row", "y", "x")
 def heatmaps(source: str) -> str:
     """The array of one composite's heatmaps."""
     return f"heatmaps/{source}"
+
+
+def curve(source: str, order: str) -> str:
+    """One source's perturbation curves in one order: (rows, steps + 1) target logits."""
+    return f"curves/{source}/{order}"
 
 
 def metric(source: str, name: str) -> str:
@@ -99,6 +109,14 @@ ROW_METRICS = (
     "pixel_ap",
     "other_class_mass",
 )
+
+
+# faithfulness, reported by merge beside the metrics when the store has curves:
+# aopc_<order> per source (heatjob.eval.faithfulness.aopc)
+def aopc_metric(order: str) -> str:
+    return f"aopc_{order}"
+
+
 # scored beside the composites on the same rows
 BASELINES = ("baseline:random", "baseline:centre")
 # short column labels for text tables and figures

@@ -11,6 +11,9 @@ Dimensions and variables (per-row metrics only after `heatjob merge`):
   ``relevance_mass``, ``relevance_mass_weighted``, ``relevance_rank``, ``pixel_ap``,
   ``other_class_mass``, and ``heatmap_box`` (composite, row, xyxy); nan where a row
   is not scored.
+- ``curve`` (composite, order, row, step) where the store has perturbation curves:
+  the target logit after k patches were replaced (``attrs["faithfulness"]``, the
+  settings); after merge ``aopc_<order>`` (composite, row) beside the metrics.
 - row coordinates: ``row_sample``, ``row_target``, ``row_class`` (class name),
   ``row_sample_id``, and after merge ``row_hard``, ``row_box_share``.
 - samples (sample, ...): ``sample_id`` (coordinate), ``sample_size``, ``sample_labels``,
@@ -27,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from heatjob.store import schema
+from heatjob.store.curves import curve_settings
 from heatjob.store.layout import open_store as _open_group
 
 
@@ -79,6 +83,25 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
             ),
         )
 
+    settings = curve_settings(root)
+    if settings:
+        orders = settings["order"]
+        data["curve"] = (
+            ("composite", "order", "row", "step"),
+            da.stack(
+                [
+                    da.stack([_lazy(root[schema.curve(c, o)], shard) for o in orders])
+                    for c in composites
+                ]
+            ),
+        )
+        for order in orders:
+            name = schema.aopc_metric(order)
+            if all(schema.metric(c, name) in root for c in composites):
+                data[name] = (
+                    ("composite", "row"),
+                    da.stack([_lazy(root[schema.metric(c, name)], shard) for c in composites]),
+                )
     target_names = np.where(
         rows_target < len(class_names),
         class_names[np.clip(rows_target, 0, len(class_names) - 1)],
@@ -97,6 +120,9 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
         "row_class": (("row",), target_names),
         "row_sample_id": (("row",), sample_ids[rows_sample]),
     }
+    if settings:
+        coords["order"] = settings["order"]
+        coords["step"] = np.arange(settings["steps"] + 1)
     if merged and schema.ROW_HARD in root:
         coords["row_hard"] = (("row",), root[schema.ROW_HARD][:])
         coords["row_box_share"] = (("row",), root[schema.ROW_BOX_SHARE][:])
@@ -104,4 +130,6 @@ def open_store(path: str, storage_options: dict | None = None) -> xr.Dataset:
     for key in schema.MERGE_ATTRIBUTES[1:]:  # all but "merged"
         if key in root.attrs:
             attrs[key] = root.attrs[key]
+    if settings:
+        attrs[schema.FAITHFULNESS_ATTRIBUTE] = settings
     return xr.Dataset(data, coords=coords, attrs=attrs)
