@@ -142,8 +142,10 @@ def test_methods_lists_every_kind_with_its_defaults():
         "integrated-gradients",
         "smoothgrad",
         "gradcam",
+        "occlusion",
         "lrp",
     }
+    assert "window = 8, stride = 8" in lines["occlusion"]
     assert "steps = 16" in lines["integrated-gradients"]
     assert "samples = 20" in lines["smoothgrad"] and "seed = 0" in lines["smoothgrad"]
     assert "layer = ''" in lines["gradcam"]
