@@ -30,12 +30,13 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check heatjob tests bench scripts
 
-# Engine vs zennit vs plain forward+backward, the whole job vs a plain zennit loop, metrics vs
-# Quantus; JSON into
+# Engine vs zennit vs plain forward+backward, the whole job vs a plain zennit loop, each method
+# kind's time per heatmap vs plain forward+backward, metrics vs Quantus; JSON into
 # bench/results/, then the README tables printed from it.
 bench: install
 	$(PY) bench/run.py --out bench/results
 	$(PY) bench/job.py --out bench/results
+	$(PY) bench/methods_bench.py --out bench/results
 	$(PY) bench/metrics_bench.py --out bench/results
 	$(PY) bench/faithfulness_bench.py --rows 8 --repeats 2 --out bench/results
 	$(PY) bench/table.py bench/results

@@ -132,8 +132,36 @@ def faithfulness_table(report: dict) -> str:
     )
 
 
+def methods_table(report: dict) -> str:
+    meta = report["meta"]
+    lines = [
+        f"{meta['device_name']}, {meta['cpu_count']} cores, torch {meta['torch']}, "
+        f"{meta['threads']} thread(s), {meta['batch']} images x {meta['targets']} targets, "
+        f"{meta['size']} px, best of {meta['repeats']}, {meta['date']}; load average "
+        f"{meta['loadavg_1min_before']:.1f} before, {meta['loadavg_1min_after']:.1f} after",
+        "",
+        "| arch | method | parameters | ms per heatmap | / forward+backward |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['arch']} | plain forward+backward | | {r['baseline_s_per_heatmap'] * 1e3:.1f} "
+            "| 1.00 |"
+        )
+        for m in r["methods"]:
+            params = ", ".join(
+                f"{k} {v}" for k, v in m["table"].items() if k in ("steps", "samples", "preset")
+            )
+            lines.append(
+                f"| {r['arch']} | {m['method']} | {params} | {m['s_per_heatmap'] * 1e3:.1f} "
+                f"| {m['over_baseline']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 TABLES = {  # results file -> its table, in the order docs/benchmarks.md shows them
     "job-latest.json": job_table,
+    "methods-cpu-latest.json": methods_table,
     "metrics-latest.json": metrics_table,
     "metrics-memory-latest.json": memory_table,
     "faithfulness-cpu-latest.json": faithfulness_table,

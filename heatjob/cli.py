@@ -1,4 +1,4 @@
-"""The `heatjob` command line: submit, merge, status, composites.
+"""The `heatjob` command line: submit, merge, status, render, composites, methods.
 
 Errors a user can fix print one line and exit with code 2.
 """
@@ -110,14 +110,20 @@ def merge(
     store: Annotated[str, typer.Argument(help="A finished heatjob store.", show_default=False)],
     json_file: Annotated[
         Path | None,
-        typer.Option("--json", help="Also write {composite: {metric: value}} to this file."),
+        typer.Option(
+            "--json",
+            help="Also write {source: {metric: value}} (composites and methods) to this file.",
+        ),
     ] = None,
     figure: Annotated[
         Path | None,
-        typer.Option(help="Also draw the metrics per composite with their intervals (PNG)."),
+        typer.Option(
+            help="Also draw the metrics per composite and method with their intervals (PNG)."
+        ),
     ] = None,
     per_class: Annotated[
-        bool, typer.Option("--per-class", help="Also print one table per composite by class.")
+        bool,
+        typer.Option("--per-class", help="Also print one table per composite and method by class."),
     ] = False,
     by_size: Annotated[
         bool, typer.Option("--by-size", help="Also print the metrics by target box size.")
@@ -128,7 +134,7 @@ def merge(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Score every composite (pointing game, relevance mass and rank, AP) and print a table."""
+    """Score every composite and method (pointing game, relevance mass, AP); print a table."""
     from heatjob.eval.merge import merge as run_merge
     from heatjob.eval.report import format_class_table, format_size_table, format_table
 
@@ -198,7 +204,7 @@ def status(
         ),
     ] = False,
 ) -> None:
-    """How far a job has come: units and rows done per composite, retries, failed samples."""
+    """How far a job has come: units and rows done per composite and method, retries, failures."""
     from heatjob.store.status import job_status
 
     report = job_status(store, verify=verify)
@@ -264,10 +270,10 @@ def render(
     seed: Annotated[int, typer.Option(help="Seed of the random choice of rows.")] = 0,
     composite: Annotated[
         list[str] | None,
-        typer.Option(help="Only these composites (repeat for several; default all)."),
+        typer.Option(help="Only these composites or methods (repeat for several; default all)."),
     ] = None,
 ) -> None:
-    """Heatmap overlays (input image, heatmap, boxes) per row and composite, and a grid."""
+    """Heatmap overlays (image, heatmap, boxes) per row and composite or method, and a grid."""
     from heatjob.view.render import parse_rows
     from heatjob.view.render import render as run_render
 

@@ -176,7 +176,16 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> JobSpec:
         name: _section(raw.get(name, {}), name, cls, source) for name, cls in _SECTIONS.items()
     }
     attribution = sections["attribution"]
-    methods = _methods(attribution.methods, attribution.composites, source)
+    model = sections["model"]
+    # zbox bounds default to the normalisation's images of 0 and 1; a bad mean/std is
+    # reported by _check_values, so it is not used here
+    good = (
+        len(model.mean) == len(model.std) == 3
+        and all(math.isfinite(v) for v in (*model.mean, *model.std))
+        and all(v > 0 for v in model.std)
+    )
+    inputs = (model.mean, model.std) if good else (None, None)
+    methods = _methods(attribution.methods, attribution.composites, source, *inputs)
     sections["attribution"] = dataclasses.replace(attribution, methods=methods)
     spec = JobSpec(**sections, source=source)
     _check_values(spec)
@@ -191,7 +200,9 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> JobSpec:
     return spec
 
 
-def _methods(tables: dict, composites: tuple[str, ...], source: str) -> dict[str, dict]:
+def _methods(
+    tables: dict, composites: tuple[str, ...], source: str, mean: Any, std: Any
+) -> dict[str, dict]:
     """Each [attribution.methods.<name>] table checked and with its defaults filled in."""
     known_composites = set(composite_names())
     out = {}
@@ -205,7 +216,7 @@ def _methods(tables: dict, composites: tuple[str, ...], source: str) -> dict[str
             )
         if name in known_composites or name in composites:
             raise SpecError(f"{where} the name is a composite's; give the method another name")
-        out[name] = resolved(parse_method(name, table, where))
+        out[name] = resolved(parse_method(name, table, where, mean=mean, std=std))
     return out
 
 

@@ -55,6 +55,21 @@ def test_dry_run_writes_nothing_starts_no_ray_and_calibrates(tmp_path):
     assert f"{run.job.plan.n_rows} heatmap rows" in text
 
 
+def test_dry_run_counts_methods_as_heatmap_sources(tmp_path):
+    raw = spec_dict(tmp_path, workers=1)
+    raw["attribution"]["methods"] = {
+        "grad": {"kind": "gradient"},
+        "sg": {"kind": "smoothgrad", "samples": 2},
+    }
+    run = dry_run(parse_spec(raw, source="job.toml"), progress=False)
+    text = format_dry_run(run)
+    units = len(run.job.plan.units)
+    assert f"4 heatmap sources (2 composites, 2 methods) -> {units * 4} heatmap shards" in text
+    assert "explain x4" in text and "B/row/source" in text
+    raw_bytes = run.job.plan.n_rows * 4 * 32 * 32 * 2  # float16
+    assert run.raw_bytes == raw_bytes
+
+
 def test_predicted_targets_calibrate_on_the_top_logit(tmp_path):
     raw = spec_dict(tmp_path, workers=1)
     raw["attribution"]["targets"] = "predicted:2"
@@ -80,8 +95,10 @@ def test_the_printed_plan_is_what_submit_then_does(tmp_path):
     text = planned.stdout
     rows = int(re.search(r"(\d+) heatmap rows", text).group(1))
     units = int(re.search(r"(\d+) units of 8 rows, \1 to run", text).group(1))
-    shards = int(re.search(r"-> (\d+) heatmap shards", text).group(1))
-    stored = float(re.search(r"\(([\d,]+) B/row/composite", text).group(1).replace(",", ""))
+    shards = int(
+        re.search(r"2 heatmap sources \(2 composites\) -> (\d+) heatmap shards", text).group(1)
+    )
+    stored = float(re.search(r"\(([\d,]+) B/row/source", text).group(1).replace(",", ""))
     assert re.search(r"estimate +~\d+ s: \d+ s of compute for \d+ rows on 1 CPU worker", text)
 
     done = subprocess.run([*HEATJOB, "submit", str(spec), "-q"], **env_run)

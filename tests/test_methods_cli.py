@@ -39,6 +39,60 @@ def test_a_bad_method_table_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+EPLUS = {"kind": "lrp", "preset": "EpsilonPlus"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("table", "fragments"),
+    [
+        ({"kind": "occlusionx"}, ["kind must be one of", "'occlusionx'"]),
+        ({**EPLUS, "conv": {"rule": "zz"}}, ["conv.rule must be one of", "'zz'"]),
+        ({"kind": "gradient", "steps": 3}, ["unknown key 'steps' for kind 'gradient'"]),
+        (
+            {**EPLUS, "conv": {"rule": "alpha-beta", "alpha": 3, "beta": 1}},
+            ["conv alpha - beta must be 1", "alpha 3.0, beta 1.0"],
+        ),
+        (
+            {**EPLUS, "linear": {"rule": "epsilon", "epsilon": -0.5}},
+            ["linear.epsilon must be 0 or positive", "-0.5"],
+        ),
+        ({**EPLUS, "layers": {"features.99": {"rule": "flat"}}}, ["layers", "'features.99'"]),
+        ({"kind": "gradcam", "layer": "nope.3"}, ["layer", "nope.3"]),
+        (
+            {**EPLUS, "first": {"rule": "zbox", "low": 2.0, "high": [3.0, 1.0, 3.0]}},
+            ["first low must be below high in every channel"],
+        ),
+        ({**EPLUS, "first": {"rule": "zbox", "low": "0"}}, ["first.low must be a number"]),
+        ({"kind": "smoothgrad", "samples": "many"}, ["samples must be an integer", "'many'"]),
+        ({"kind": "smoothgrad", "noise": True}, ["noise must be a number", "True"]),
+        ({**EPLUS, "conv": {"rule": "gamma", "gamma": "big"}}, ["conv.gamma must be a number"]),
+        ({**EPLUS, "conv": "gamma"}, ["conv must be a table"]),
+        ({"kind": "lrp", "conv": {"rule": "z"}}, ["linear is required without a preset"]),
+    ],
+    ids=[
+        "unknown-kind",
+        "unknown-rule",
+        "unknown-key",
+        "alpha-beta",
+        "negative-epsilon",
+        "missing-module-path",
+        "gradcam-layer",
+        "zbox-bounds",
+        "zbox-type",
+        "int-type",
+        "float-type",
+        "rule-parameter-type",
+        "rule-not-a-table",
+        "no-preset-no-linear",
+    ],
+)
+def test_each_kind_of_bad_method_table_exits_2_with_one_line(tmp_path, table, fragments):
+    spec = write_spec(tmp_path / "job.toml", attribution={"methods": {"m": table}})
+    assert_one_line_error(run("submit", str(spec)), "job.toml: [attribution.methods.m]", *fragments)
+    assert not (tmp_path / "out.zarr").exists()
+
+
 @pytest.mark.slow
 def test_methods_run_beside_a_composite_through_submit_and_merge(tmp_path):
     spec = write_spec(tmp_path / "job.toml", attribution={"methods": METHODS})
@@ -88,8 +142,10 @@ def test_methods_lists_every_kind_with_its_defaults():
         "integrated-gradients",
         "smoothgrad",
         "gradcam",
+        "occlusion",
         "lrp",
     }
+    assert "window = 8, stride = 8" in lines["occlusion"]
     assert "steps = 16" in lines["integrated-gradients"]
     assert "samples = 20" in lines["smoothgrad"] and "seed = 0" in lines["smoothgrad"]
     assert "layer = ''" in lines["gradcam"]

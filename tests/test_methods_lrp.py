@@ -112,6 +112,45 @@ def test_a_layer_override_equals_zennit_name_map_before_the_preset(case):
     assert relative(plain, maps) > 1e-3
 
 
+def test_zbox_bounds_default_to_the_normalised_pixel_values_0_and_1():
+    table = resolved({"preset": "EpsilonPlus", "first": {"rule": "zbox"}})
+    assert table["first"]["low"] == pytest.approx(LOW.flatten().tolist())
+    assert table["first"]["high"] == pytest.approx(HIGH.flatten().tolist())
+    # a default box is the preset EpsilonGammaBox's: the same maps (the bounds are computed
+    # in float64 here, in float32 by the engine, so equal to round-off)
+    torch.manual_seed(0)
+    model = build("vgg11", small_classifier=True)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    box = resolved({"preset": "EpsilonGammaBox", "first": {"rule": "zbox"}})
+    maps = ours(model, x, **{k: v for k, v in box.items() if k != "kind"})
+    assert relative(maps, ours(model, x, preset="EpsilonGammaBox")) < STRICT
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(-3.0, 3.0), ([-2.5, -2.0, -1.5], [1.0, 2.0, 3.0]), (-1.0, [1.5, 2.5, 3.5])],
+    ids=["scalar", "per-channel", "mixed"],
+)
+def test_zbox_bounds_equal_zennit_zbox_with_the_same_bounds(case, low, high):
+    name, model, x, canonizer = case
+    table = resolved(
+        {"preset": "EpsilonGammaBox", "first": {"rule": "zbox", "low": low, "high": high}}
+    )
+    maps = ours(model, x, **{k: v for k, v in table.items() if k != "kind"})
+
+    def bound(value):
+        return torch.tensor(value).view(1, 3, 1, 1) if isinstance(value, list) else value
+
+    reference = zennit(
+        model, x, EpsilonGammaBox(bound(low), bound(high), canonizers=[canonizer])
+    )
+    diff = relative(maps, reference)
+    print(f"lrp zbox low {low} high {high} on {name}: {diff:.2e}")
+    assert diff < STRICT
+    # and the bounds matter: the default box gives other maps
+    assert relative(ours(model, x, preset="EpsilonGammaBox"), maps) > 1e-3
+
+
 @pytest.mark.parametrize(
     ("table", "expected"),
     [
@@ -136,6 +175,23 @@ def test_a_layer_override_equals_zennit_name_map_before_the_preset(case):
         (
             {"preset": "EpsilonPlus", "layers": {"features.0": "flat"}},
             "[attribution.methods.m] layers.features.0 must be a table",
+        ),
+        (
+            {"preset": "EpsilonPlus", "first": {"rule": "zbox", "low": 1.0, "high": -1.0}},
+            "[attribution.methods.m] first low must be below high in every channel",
+        ),
+        (
+            {"preset": "EpsilonPlus", "first": {"rule": "zbox", "low": [0.0, 1.0]}},
+            "[attribution.methods.m] first.low must be a number or 3 numbers",
+        ),
+        (
+            {"preset": "EpsilonPlus", "first": {"rule": "zbox", "high": "1"}},
+            "[attribution.methods.m] first.high must be a number or 3 numbers",
+        ),
+        (
+            # a low above the default high (the normalised pixel value 1: 2.25 for red)
+            {"preset": "EpsilonPlus", "first": {"rule": "zbox", "low": 2.5}},
+            "[attribution.methods.m] first low must be below high in every channel",
         ),
         ({"preset": "EpsilonPlus", "rules": {}}, "[attribution.methods.m] unknown key 'rules'"),
         ({"preset": "EpsilonPlus", "conv": "gamma"}, "[attribution.methods.m] conv must be a"),

@@ -1,6 +1,6 @@
 """The baseline methods against independent implementations: zennit 0.5.1's Gradient,
-IntegratedGradients and SmoothGrad attributors (called with attr_output = onehot * output,
-the seeding every heatjob heatmap uses), and Captum 0.9's LayerGradCam with
+IntegratedGradients, SmoothGrad and Occlusion attributors (called with attr_output =
+onehot * output, the seeding every heatjob heatmap uses), and Captum 0.9's LayerGradCam with
 LayerAttribution.interpolate (bilinear, align_corners = False).
 
 Models: heatjob's SmallCNN and torchvision's resnet18 and vgg11, random weights and random
@@ -14,7 +14,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from test_lrp_zennit import build, randomize
 from torch import nn
-from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
+from zennit.attribution import Gradient, IntegratedGradients, Occlusion, SmoothGrad
 
 from heatjob.attribution.gradcam import default_layer
 from heatjob.attribution.registry import build_method
@@ -191,3 +191,21 @@ def test_gradcam_default_layer_is_the_last_conv_blocks_output():
     assert default_layer(build_model("small_cnn")) == "features.14"
     assert default_layer(build_model("resnet18")) == "layer4.1"
     assert default_layer(build_model("vgg11")) == "features.19"
+
+
+@pytest.mark.parametrize(("window", "stride"), [(16, 16), (16, 8), (24, 20)])
+def test_occlusion_equals_zennit(case, window, stride):
+    """Non-overlapping patches, overlapping ones, and patches that wrap around the edge."""
+    name, model, x = case
+    ours, logits = method(model, "occlusion", window=window, stride=stride).explain_rows(
+        x, IMAGES, TARGETS
+    )
+    xr, onehot = rows(x)
+    attributor = Occlusion(model, window=window, stride=stride)
+    output, reference = attributor(xr, lambda out: onehot * out)
+    diff = relative(ours, reference.sum(1))
+    report(name, f"occlusion {window}/{stride}", diff)
+    assert diff < STRICT
+    assert torch.allclose(logits[IMAGES], output, rtol=1e-5, atol=1e-5)
+    # the map varies across patches: occluding changes the target logit
+    assert ours.flatten(1).std(1).min() > 0

@@ -9,6 +9,7 @@ norm is folded exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,12 @@ RULES: dict[str, tuple[dict[str, float], Any]] = {
     "gamma": ({"gamma": 0.25}, lambda gamma: Gamma(gamma)),
     "flat": ({}, lambda: Flat()),
     "wsquare": ({}, lambda: WSquare()),
-    "zbox": ({}, lambda: ZBox()),  # bounds: the normalised images of pixel values 0 and 1
+    # low/high: a number or one per input channel; by default the normalised images of pixel
+    # values 0 and 1 (filled in by `with_input_bounds` from the model's mean and std)
+    "zbox": ({"low": None, "high": None}, lambda low, high: ZBox(low, high)),
 }
 ROLES = ("conv", "linear", "first")
+CHANNELS = 3  # the input channels a zbox bound may list one value each for
 
 
 def resolve_rule(table: Any, fail, key: str) -> dict[str, Any]:
@@ -47,8 +51,12 @@ def resolve_rule(table: Any, fail, key: str) -> dict[str, Any]:
         if param not in defaults:
             known = ", ".join(defaults) or "none"
             fail(f"{key}.{param}", f"is not a parameter of rule {name!r} (its parameters: {known})")
+        if name == "zbox":
+            continue  # a number or a list, checked below
         if isinstance(value, bool) or not isinstance(value, int | float):
             fail(f"{key}.{param}", f"must be a number, got {value!r}")
+    if name == "zbox":
+        return _resolve_box(table, fail, key)
     for param, default in defaults.items():
         out[param] = float(table.get(param, default))
     if name == "epsilon" and out["epsilon"] < 0:
@@ -62,8 +70,53 @@ def resolve_rule(table: Any, fail, key: str) -> dict[str, Any]:
     return out
 
 
+def _resolve_box(table: dict[str, Any], fail, key: str) -> dict[str, Any]:
+    """zbox bounds as lists of floats, one value or one per input channel (R, G, B); absent
+    ones stay None until `with_input_bounds` fills them in from the normalisation."""
+    out: dict[str, Any] = {"rule": "zbox"}
+    for param in ("low", "high"):
+        value = table.get(param)
+        values = value if isinstance(value, list) else [value]
+        if value is None:
+            out[param] = None
+        elif len(values) in (1, CHANNELS) and all(_is_finite_number(v) for v in values):
+            out[param] = [float(v) for v in values]
+        else:
+            fail(
+                f"{key}.{param}",
+                f"must be a number or {CHANNELS} numbers (one per channel), got {value!r}",
+            )
+    return _check_box(out, fail, key)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_box(table: dict[str, Any], fail, key: str) -> dict[str, Any]:
+    low, high = table["low"], table["high"]
+    if low is not None and high is not None:
+        lows = low * CHANNELS if len(low) == 1 else low
+        highs = high * CHANNELS if len(high) == 1 else high
+        if any(lo >= hi for lo, hi in zip(lows, highs, strict=True)):
+            fail(key, f"low must be below high in every channel, got low {low}, high {high}")
+    return table
+
+
+def _box_defaults(table: dict[str, Any], mean, std, fail, key: str) -> dict[str, Any]:
+    """A zbox table with the bounds it left out set to the normalised pixel values 0 and 1."""
+    out = dict(table)
+    if out["low"] is None:
+        out["low"] = [(0 - m) / s for m, s in zip(mean, std, strict=True)]
+    if out["high"] is None:
+        out["high"] = [(1 - m) / s for m, s in zip(mean, std, strict=True)]
+    return _check_box(out, fail, key)
+
+
 def build_rule(table: dict[str, Any]) -> Rule:
     params = {k: v for k, v in table.items() if k != "rule"}
+    if table["rule"] == "zbox":  # None: the engine's default bounds; one value: every channel
+        params = {k: v if v is None or len(v) > 1 else v[0] for k, v in params.items()}
     return RULES[table["rule"]][1](**params)
 
 
@@ -92,6 +145,19 @@ class LrpOptions:
         layers = {}
         for path, table in self.layers.items():
             layers[path] = resolve_rule(table, fail, f"layers.{path}")
+        object.__setattr__(self, "layers", layers)
+
+    def with_input_bounds(self, mean, std, fail) -> None:
+        """Fill in the zbox bounds a table left out (the normalised images of pixel values 0
+        and 1, per channel), so the resolved table holds every value the maps depend on."""
+        for role in ROLES:
+            table = getattr(self, role)
+            if table.get("rule") == "zbox":
+                object.__setattr__(self, role, _box_defaults(table, mean, std, fail, role))
+        layers = {
+            path: _box_defaults(t, mean, std, fail, f"layers.{path}") if t["rule"] == "zbox" else t
+            for path, t in self.layers.items()
+        }
         object.__setattr__(self, "layers", layers)
 
     def composite(self, name: str = "lrp") -> Composite:

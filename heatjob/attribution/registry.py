@@ -64,8 +64,10 @@ def describe_kind(kind: str) -> str:
     return f"{doc} Options: {', '.join(options) if options else 'none'}."
 
 
-def parse_method(name: str, table: Any, where: str) -> Any:
-    """The options of one method table; `where` is "<source>: [attribution.methods.<name>]"."""
+def parse_method(name: str, table: Any, where: str, *, mean: Any = None, std: Any = None) -> Any:
+    """The options of one method table; `where` is "<source>: [attribution.methods.<name>]".
+    With the model's input `mean` and `std`, a kind that depends on them (zbox bounds)
+    resolves its defaults from them (`with_input_bounds(mean, std, fail)`)."""
     if not isinstance(table, dict):
         raise SpecError(f"{where} must be a table")
     kinds = method_kinds()
@@ -92,6 +94,9 @@ def parse_method(name: str, table: Any, where: str) -> Any:
     check = getattr(options, "check", None)
     if check is not None:
         check(fail)
+    with_inputs = getattr(options, "with_input_bounds", None)
+    if with_inputs is not None and mean is not None:
+        with_inputs(mean, std, fail)
     return options
 
 

@@ -146,6 +146,13 @@ def dry_run(
     )
 
 
+def _sources(spec) -> str:
+    """'7 composites, 4 methods': what the heatmap sources of a job are."""
+    attr = spec.attribution
+    counts = ((len(attr.composites), "composite"), (len(attr.methods), "method"))
+    return ", ".join(f"{n} {word}{'s' * (n != 1)}" for n, word in counts if n)
+
+
 def format_dry_run(run: DryRun) -> str:
     job, spec, cal, w = run.job, run.job.spec, run.calibration, run.workers
     plan, size = job.plan, spec.dataset.image_size
@@ -160,7 +167,8 @@ def format_dry_run(run: DryRun) -> str:
         (
             "work",
             f"{n_units} units of {plan.shard_size} rows, {run.units_pending} to run; "
-            f"{run.n_composites} composites -> {n_units * run.n_composites} heatmap shards",
+            f"{run.n_composites} heatmap sources ({_sources(spec)}) -> "
+            f"{n_units * run.n_composites} heatmap shards",
         ),
         (
             "workers",
@@ -171,14 +179,14 @@ def format_dry_run(run: DryRun) -> str:
         (
             "calibration",
             f"{cal.rows} rows ({cal.samples} images) on {cal.device}: load {cal.load_s:.2f} s, "
-            f"forward {cal.forward_s:.2f} s, LRP x{run.n_composites} {cal.explain_s:.2f} s "
+            f"forward {cal.forward_s:.2f} s, explain x{run.n_composites} {cal.explain_s:.2f} s "
             f"-> {cal.seconds_per_row * 1000:.1f} ms/row; worker set-up {cal.setup_s:.1f} s",
         ),
         (
             "store size",
             f"heatmaps {plan.n_rows} rows x {run.n_composites} x {size}x{size} "
             f"{spec.store.dtype} = {_bytes(run.raw_bytes)} raw, ~{_bytes(run.heatmap_bytes)} "
-            f"stored ({cal.bytes_per_row:,.0f} B/row/composite, measured); "
+            f"stored ({cal.bytes_per_row:,.0f} B/row/source, measured); "
             f"other arrays <= {_bytes(run.metadata_bytes)}",
         ),
         (
