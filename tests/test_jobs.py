@@ -101,6 +101,8 @@ def test_a_shipped_job_passes_the_dry_run_on_a_folder_of_its_layout(job, layout,
     assert lines["data"].endswith(f"(targets = labels), {n_classes} classes")
     if job.startswith("imagenet"):
         assert lines["data"].startswith("1 samples, 1 heatmap rows")
-    n_sources = len(raw["attribution"]["composites"]) + len(raw["attribution"]["methods"])
-    assert f"{n_sources} composites" in lines["work"]
+    attribution = raw["attribution"]
+    n_composites, n_methods = len(attribution["composites"]), len(attribution["methods"])
+    sources = f"{n_composites + n_methods} heatmap sources ({n_composites} composites, "
+    assert f"{sources}{n_methods} method" in lines["work"]
     assert lines["calibration"].startswith("1 rows (1 images) on cpu")
