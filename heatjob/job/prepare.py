@@ -58,7 +58,9 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
             f"than the {num_classes} classes"
         )
     m = spec.model
-    model = build_model(m.arch, num_classes, m.weights, m.checkpoint, source=src)
+    model = build_model(
+        m.arch, num_classes, m.weights, m.checkpoint, source=src, options=m.options
+    )
     if spec.attribution.composites:  # the LRP engine's layers; the methods need autograd only
         ensure_supported(model)
     spec = _resolve_method_layers(spec, model)
