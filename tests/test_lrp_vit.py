@@ -241,11 +241,17 @@ def test_options_set_by_other_keys_are_refused():
         parse_spec(raw)
 
 
-def test_unknown_option_exits_2_on_the_command_line(tmp_path):
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [("{ image_sise = 64 }", "image_sise"), ("{}", "options = { image_size = 64 }")],
+    ids=["unknown-key", "size-mismatch"],
+)
+@pytest.mark.slow  # a real heatjob process building a ViT-B/32
+def test_bad_options_exit_2_on_the_command_line(tmp_path, options, fragment):
     spec = tmp_path / "job.toml"
     spec.write_text(
         '[dataset]\nkind = "synthetic"\nnum_samples = 2\nimage_size = 64\n'
-        '[model]\narch = "vit_b_32"\noptions = { image_sise = 64 }\n'
+        f'[model]\narch = "vit_b_32"\noptions = {options}\n'
         '[attribution]\ncomposites = ["cp-lrp"]\n'
         f'[store]\npath = "{tmp_path / "out.zarr"}"\n'
     )
@@ -253,11 +259,11 @@ def test_unknown_option_exits_2_on_the_command_line(tmp_path):
         [sys.executable, "-m", "heatjob.cli", "submit", str(spec)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "image_sise" in lines[0] and "Traceback" not in result.stderr
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "out.zarr").exists()
 
 
