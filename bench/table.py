@@ -107,10 +107,21 @@ def memory_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def vit_table(report: dict) -> str:
+    lines = [
+        "| arch | composite | heatjob / plain forward+backward |",
+        "| --- | --- | --- |",
+    ]
+    for r in report["results"]:
+        lines.append(f"| {r['arch']} | {r['composite']} | {r['ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
 TABLES = {  # results file -> its table, in the order docs/benchmarks.md shows them
     "job-latest.json": job_table,
     "metrics-latest.json": metrics_table,
     "metrics-memory-latest.json": memory_table,
+    "vit-cpu-latest.json": vit_table,
 }
 
 
