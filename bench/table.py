@@ -159,6 +159,16 @@ def methods_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def vit_table(report: dict) -> str:
+    lines = [
+        "| arch | composite | heatjob / plain forward+backward |",
+        "| --- | --- | --- |",
+    ]
+    for r in report["results"]:
+        lines.append(f"| {r['arch']} | {r['composite']} | {r['ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
 TABLES = {  # results file -> its table, in the order docs/benchmarks.md shows them
     "job-latest.json": job_table,
     "methods-cpu-latest.json": methods_table,
@@ -166,6 +176,7 @@ TABLES = {  # results file -> its table, in the order docs/benchmarks.md shows t
     "metrics-memory-latest.json": memory_table,
     "faithfulness-cpu-latest.json": faithfulness_table,
     "faithfulness-cuda-latest.json": faithfulness_table,
+    "vit-cpu-latest.json": vit_table,
 }
 
 

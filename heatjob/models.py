@@ -81,14 +81,23 @@ def check_weights_name(arch: str, weights: str, source: str = "spec") -> None:
 
 
 def build_model(
-    arch: str, num_classes: int, weights: str = "", checkpoint: str = "", source: str = "spec"
+    arch: str,
+    num_classes: int,
+    weights: str = "",
+    checkpoint: str = "",
+    source: str = "spec",
+    options: dict | None = None,
 ) -> nn.Module:
-    """An eval-mode model on the CPU, with weights or checkpoint loaded."""
+    """An eval-mode model on the CPU, with weights or checkpoint loaded. `options`: keyword
+    arguments for the builder ([model] options, e.g. image_size for a ViT)."""
     check_architecture(arch, source)
+    options = dict(options or {})
     if weights:
         check_weights_name(arch, weights, source)
         try:
-            model = torchvision.models.get_model(arch, weights=weights)
+            model = _call_builder(arch, source, options, weights=weights)
+        except SpecError:
+            raise
         except Exception as exc:  # no network, missing cache: say what to do
             raise SpecError(
                 f"{source}: [model] weights {weights!r} for {arch} could not be loaded ({exc}); "
@@ -106,12 +115,28 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if arch in OWN_ARCHITECTURES:
-            model = OWN_ARCHITECTURES[arch](num_classes=num_classes)
+            model = _call_builder(arch, source, options, num_classes=num_classes)
         else:
-            model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+            model = _call_builder(arch, source, options, weights=None, num_classes=num_classes)
     if checkpoint:
         load_checkpoint(model, checkpoint, arch, source)
     return model.eval()
+
+
+def _call_builder(arch: str, source: str, options: dict, **fixed: object) -> nn.Module:
+    """The architecture's builder with [model] options; a key it does not take, or a value it
+    refuses, is one line naming the key."""
+    builder = OWN_ARCHITECTURES.get(arch) or torchvision.models.get_model_builder(arch)
+    try:
+        return builder(**fixed, **options)
+    except (TypeError, ValueError, AssertionError) as exc:
+        if not options:
+            raise
+        message = " ".join(str(exc).split())[:200]
+        given = ", ".join(f"{k} = {v!r}" for k, v in options.items())
+        raise SpecError(
+            f"{source}: [model] options {{ {given} }} rejected by {arch}: {message}"
+        ) from None
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str, arch: str, source: str = "spec") -> None:

@@ -58,6 +58,8 @@ class ModelSpec:
     num_classes: int = 0  # 0 = the data set's number of classes
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    # keyword arguments for the torchvision builder, e.g. { image_size = 96 } for a ViT
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,10 @@ def _check_dataset_inputs(ds: DatasetSpec, fail) -> None:
         )
 
 
+# Builder arguments that [model] sets through keys of its own.
+OWN_MODEL_KEYS = frozenset({"weights", "num_classes", "progress"})
+
+
 def _check_values(spec: JobSpec) -> None:
     src = spec.source
     ds, model, attr, store, run = spec.dataset, spec.model, spec.attribution, spec.store, spec.run
@@ -342,6 +348,14 @@ def _check_values(spec: JobSpec) -> None:
             fail(f"[model] {key}", f"must be finite numbers, got {list(values)}")
     if any(v <= 0 for v in model.std):
         fail("[model] std", f"must be positive, got {list(model.std)}")
+    for key, value in model.options.items():
+        if key in OWN_MODEL_KEYS:
+            fail(f"[model] options {_name(key)}", f"is set by [model] {key}, not by options")
+        if isinstance(value, dict | list):
+            fail(
+                f"[model] options {_name(key)}",
+                f"must be a number, string or boolean, got {_short(value)}",
+            )
     if not attr.sources:
         fail("[attribution] composites", "must name at least one composite (or add a method)")
     if len(set(attr.composites)) != len(attr.composites):

@@ -64,7 +64,14 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
             f"than the {num_classes} classes"
         )
     m = spec.model
-    model = build_model(m.arch, num_classes, m.weights, m.checkpoint, source=src)
+    model = build_model(m.arch, num_classes, m.weights, m.checkpoint, source=src, options=m.options)
+    fixed_size = getattr(model, "image_size", None)  # a ViT takes one input size only
+    if isinstance(fixed_size, int) and fixed_size != spec.dataset.image_size:
+        raise SpecError(
+            f"{src}: [dataset] image_size = {spec.dataset.image_size} but {m.arch} takes "
+            f"{fixed_size} x {fixed_size} inputs; set [model] options = {{ image_size = "
+            f"{spec.dataset.image_size} }}"
+        )
     if spec.attribution.composites:  # the LRP engine's layers; the methods need autograd only
         ensure_supported(model)
     spec = _resolve_method_layers(spec, model)

@@ -66,7 +66,9 @@ class UnitWorker:
             torch.backends.cudnn.deterministic = True
         self.dataset = open_job_dataset(self.spec)
         m = self.spec.model
-        self.model = build_model(m.arch, num_classes, m.weights, m.checkpoint).to(self.device)
+        self.model = build_model(
+            m.arch, num_classes, m.weights, m.checkpoint, options=m.options
+        ).to(self.device)
         if self.spec.run.precision == "float16" and self.device.type == "cpu":
             # CPU convolutions in float16 are far slower than in float32, and overflow
             raise SpecError("[run] precision float16 needs a GPU; on CPU use bfloat16 or float32")

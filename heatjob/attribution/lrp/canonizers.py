@@ -2,7 +2,9 @@
 
 `trace` turns the model into an fx graph whose nodes are the layers in execution order; any module
 without children is kept whole, so an unknown layer shows up under its own path and type.
-`check_supported` rejects what the engine has no rule for, naming the module path and type.
+`check_supported` rejects what the engine has no rule for, naming the module path and type: it
+plans the graph with the table of layer handlers (`handlers.py`), the same plan the engine's
+rewrite applies.
 `fold_batch_norms` merges each batch norm that directly follows a conv/linear layer into that
 layer's weights (what zennit's SequentialMergeBatchNorm and ResNetCanonizer do). Residual `add`s
 need no rewriting here: the engine gives every tensor addition the proportional rule.
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.ops import StochasticDepth
 
+from heatjob.attribution.lrp.handlers import function_name, module_path, owner_type, plan
 from heatjob.attribution.lrp.rules import conv_padding
 from heatjob.errors import UnsupportedModelError
 
@@ -26,19 +29,13 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 AFFINE_LAYERS = (nn.Conv2d, nn.Linear)
 # Activations other than ReLU pass relevance through unchanged, as zennit's composites do.
 ACTIVATIONS = (nn.ReLU6, nn.Hardswish, nn.SiLU, nn.Sigmoid, nn.Hardsigmoid)
-SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Conv2d,
-    nn.Linear,
-    nn.ReLU,
-    *ACTIVATIONS,
+# Modules whose gradient is their LRP rule (max pooling: winner-takes-all).
+GRADIENT_MODULES: tuple[type[nn.Module], ...] = (
     nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
     nn.Flatten,
     nn.Dropout,
     nn.Identity,
-    StochasticDepth,  # the identity in eval mode (EfficientNet)
-    *BATCH_NORMS,
+    StochasticDepth,
 )
 RELU_FUNCTIONS: tuple[Callable, ...] = (F.relu, torch.relu)
 ADD_FUNCTIONS: tuple[Callable, ...] = (operator.add, operator.iadd, torch.add)
@@ -55,9 +52,8 @@ SHAPE_FUNCTIONS: tuple[Callable, ...] = (
     torch.max_pool2d,
     F.dropout,
 )
-SHAPE_METHODS = frozenset({"view", "reshape", "flatten", "contiguous", "size"})
+SHAPE_METHODS = frozenset({"view", "reshape", "flatten", "contiguous", "permute", "transpose"})
 RELU_METHODS = frozenset({"relu"})
-_SIZE_SOURCES = frozenset({"size", "shape"})
 
 
 class _LayerTracer(fx.Tracer):
@@ -79,33 +75,13 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
-def _module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "<model>"
-    path, _ = list(stack.values())[-1]
-    return path or "<model>"
-
-
-def _function_name(target: object) -> str:
-    name = getattr(target, "__name__", repr(target))
-    module = getattr(target, "__module__", None) or ""
-    return f"{module}.{name}" if module and module != "builtins" else name
-
-
 def _unsupported(path: str, kind: str, why: str) -> UnsupportedModelError:
-    supported = ", ".join(t.__name__ for t in SUPPORTED_MODULES)
-    return UnsupportedModelError(
-        f"cannot explain layer '{path}' ({kind}): {why}; supported layers: {supported}, "
-        "ReLU/flatten/view/cat/pooling functions, residual additions of two tensors and "
-        "gate x feature products (squeeze-excitation)"
-    )
+    return UnsupportedModelError(f"cannot explain layer '{path}' ({kind}): {why}")
 
 
-def _check_module(path: str, module: nn.Module) -> None:
+def check_module(path: str, module: nn.Module) -> None:
+    """Refuse a conv whose padding the rules cannot mirror, a batch norm that cannot fold."""
     kind = type(module).__name__
-    if not isinstance(module, SUPPORTED_MODULES):
-        raise _unsupported(path, kind, "no LRP rule for this layer type")
     if isinstance(module, nn.Conv2d) and (
         module.padding_mode != "zeros" or conv_padding(module) is None
     ):
@@ -120,37 +96,32 @@ GATES = (nn.Sigmoid, nn.Hardsigmoid)
 GATE_FUNCTIONS: tuple[Callable, ...] = (torch.sigmoid, F.sigmoid, F.hardsigmoid)
 
 
-def _is_gate(gm: fx.GraphModule, arg: object) -> bool:
+def _is_gate(modules: Mapping[str, nn.Module], arg: object) -> bool:
     if not isinstance(arg, fx.Node):
         return False
     if arg.op == "call_module":
-        return isinstance(gm.get_submodule(str(arg.target)), GATES)
+        return isinstance(modules.get(str(arg.target)), GATES)
     return arg.op == "call_function" and arg.target in GATE_FUNCTIONS
 
 
-def _module_type(node: fx.Node) -> str | None:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return None
-    _, kind = list(stack.values())[-1]
-    return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-
-
-def features_operand(gm: fx.GraphModule, node: fx.Node) -> int:
+def features_operand(
+    gm: fx.GraphModule, node: fx.Node, modules: Mapping[str, nn.Module] | None = None
+) -> int:
     """For a product a * b of the traced graph, before any layer is swapped: the index (0 or 1)
     of the features, the other operand being the gate (a Sigmoid/Hardsigmoid output, as in
     squeeze-excitation, or a constant). Raises UnsupportedModelError naming the layer when the
     roles cannot be told apart: neither operand is a gate (a product of two feature maps) or
-    both are."""
-    path = _module_path(node)
-    kind = _function_name(node.target)
-    owner = _module_type(node)
+    both are. `modules`: the graph's modules as traced (default: as they are now)."""
+    modules = dict(gm.named_modules()) if modules is None else modules
+    path = module_path(node)
+    kind = function_name(node.target)
+    owner = owner_type(node)
     if owner is not None:
         kind = f"{kind} in {owner}"
     why = "only a constant or a sigmoid gate (squeeze-excitation) times features has a rule"
     if len(node.args) != 2 or node.kwargs:
         raise _unsupported(path, kind, f"{why}; this product does not take two operands")
-    gates = [_is_gate(gm, arg) for arg in node.args]
+    gates = [_is_gate(modules, arg) for arg in node.args]
     if gates == [True, False]:
         return 1
     if gates == [False, True]:
@@ -161,72 +132,9 @@ def features_operand(gm: fx.GraphModule, node: fx.Node) -> int:
     )
 
 
-def product_roles(gm: fx.GraphModule) -> dict[fx.Node, int]:
-    """`features_operand` of every product node, decided on the graph as traced, so that the
-    support check and the rewrite read the same roles (the rewrite swaps the Sigmoid modules that
-    identify a gate)."""
-    return {
-        node: features_operand(gm, node)
-        for node in gm.graph.nodes
-        if node.op == "call_function" and node.target in MUL_FUNCTIONS
-    }
-
-
-def _is_size_source(arg: object) -> bool:
-    if not isinstance(arg, fx.Node):
-        return False
-    if arg.op == "call_method" and arg.target == "size":
-        return True
-    return arg.op == "call_function" and arg.target is getattr and arg.args[1] in _SIZE_SOURCES
-
-
-def _check_node(gm: fx.GraphModule, node: fx.Node) -> None:
-    if node.op in ("placeholder", "output"):
-        return
-    if node.op == "call_module":
-        _check_module(str(node.target), gm.get_submodule(str(node.target)))
-        return
-    path = _module_path(node)
-    if node.op == "call_function":
-        target = node.target
-        if target in RELU_FUNCTIONS or target in SHAPE_FUNCTIONS:
-            return
-        if target in ADD_FUNCTIONS:
-            tensors = [a for a in node.args if isinstance(a, fx.Node)]
-            if len(node.args) == 2 and len(tensors) == 2 and not node.kwargs:
-                return
-            raise _unsupported(path, _function_name(target), "only a sum of two tensors has a rule")
-        if target in MUL_FUNCTIONS:
-            features_operand(gm, node)  # raises where the gate cannot be told apart
-            return
-        if target in POOL_FUNCTIONS:
-            return
-        if target is getattr and node.args[1] in _SIZE_SOURCES:
-            return
-        if target is operator.getitem and _is_size_source(node.args[0]):
-            return
-        raise _unsupported(path, _function_name(target), "no LRP rule for this operation")
-    if node.op == "call_method":
-        if node.target in SHAPE_METHODS or node.target in RELU_METHODS:
-            return
-        raise _unsupported(path, f"Tensor.{node.target}", "no LRP rule for this operation")
-    raise _unsupported(path, f"{node.op} {node.target}", "tensors used directly, not via a layer")
-
-
-def module_path(node: fx.Node) -> str:
-    """The model path of the layer a function node belongs to (for error messages)."""
-    return _module_path(node)
-
-
 def check_supported(gm: fx.GraphModule) -> None:
     """Raise UnsupportedModelError for the first node (in execution order) without a rule."""
-    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise UnsupportedModelError(
-            f"model {gm.__class__.__name__} takes {len(inputs)} inputs; LRP here needs exactly one"
-        )
-    for node in gm.graph.nodes:
-        _check_node(gm, node)
+    plan(gm)
 
 
 def _fold_into(layer: nn.Module, bn: nn.Module) -> None:

@@ -114,3 +114,8 @@ for _name, (_conv, _linear) in _PAPER.items():
     register(Composite(_name, conv=_conv, linear=_linear))
     register(Composite(f"{_name}-flat", conv=_conv, linear=_linear, first=Flat()))
     register(Composite(f"{_name}-zb", conv=_conv, linear=_linear, first=ZBox()))
+
+# Vision transformers: LXT 2.1's CP-LRP recipe for torchvision's ViT (gamma on the patch embedding
+# and on the MLP and head linear layers; the attention projections follow LRP-0 inside the
+# attention rule). The transformer layers' own rules are shared by every composite.
+register(Composite("cp-lrp", conv=Gamma(0.25), linear=Gamma(0.05)))

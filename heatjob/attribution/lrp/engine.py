@@ -21,16 +21,30 @@ from heatjob.attribution.lrp.canonizers import (
     ADD_FUNCTIONS,
     AFFINE_LAYERS,
     BATCH_NORMS,
+    GRADIENT_MODULES,
     MUL_FUNCTIONS,
+    POOL_FUNCTIONS,
     RELU_FUNCTIONS,
     RELU_METHODS,
+    SHAPE_FUNCTIONS,
+    SHAPE_METHODS,
     canonize,
+    check_module,
     check_supported,
-    module_path,
-    product_roles,
+    features_operand,
     trace,
 )
 from heatjob.attribution.lrp.composites import Composite, get_composite
+from heatjob.attribution.lrp.handlers import (
+    Handler,
+    Rewrite,
+    Snapshot,
+    apply,
+    module_path,
+    plan,
+    register_handler,
+    unsupported,
+)
 from heatjob.attribution.lrp.rules import (
     STABILIZER,
     BoundRule,
@@ -88,17 +102,17 @@ class _SumFunction(torch.autograd.Function):
     """a + b: each gets x * R / (a + b), the proportional rule written out (no autograd call)."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, stabilizer: float) -> Tensor:
         y = a + b
         ctx.inputs = (a, b)
-        ctx.denominator = stabilize(y, STABILIZER)
+        ctx.denominator = stabilize(y, stabilizer)
         return y
 
     @staticmethod
-    def backward(ctx, r: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx, r: Tensor) -> tuple[Tensor, Tensor, None]:
         a, b = ctx.inputs
         g = r / ctx.denominator
-        return _unbroadcast(a * g, a.shape), _unbroadcast(b * g, b.shape)
+        return _unbroadcast(a * g, a.shape), _unbroadcast(b * g, b.shape), None
 
 
 def _unbroadcast(t: Tensor, shape: torch.Size) -> Tensor:
@@ -156,9 +170,9 @@ def relu_pass(x: Tensor, *args: object, **kwargs: object) -> Tensor:
     return _PassFunction.apply(x, _relu)
 
 
-def residual_sum(a: Tensor, b: Tensor) -> Tensor:
+def residual_sum(a: Tensor, b: Tensor, stabilizer: float = STABILIZER) -> Tensor:
     """a + b whose backward splits relevance between a and b in proportion to their values."""
-    return _SumFunction.apply(a, b)
+    return _SumFunction.apply(a, b, stabilizer)
 
 
 class _GateFunction(torch.autograd.Function):
@@ -213,12 +227,6 @@ _POOL_REPLACEMENTS = {
 }
 
 
-def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent_name, _, attr = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, module)
-
-
 def _first_layer(gm: fx.GraphModule, types: tuple[type[nn.Module], ...]) -> str | None:
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), types):
@@ -234,45 +242,144 @@ def attach_rules(
     shared: dict | None = None,
 ) -> fx.GraphModule:
     """Swap every layer of a canonized graph for its LRP counterpart, in place. `shared`: a dict
-    for weight-derived tensors (w+, w-, ...) that composites on the same weights share."""
-    shared = {} if shared is None else shared
+    for weight-derived tensors (w+, w-, ...) that composites on the same weights share.
+
+    Every node's handler and decision come from one snapshot of the graph taken before the first
+    swap (`handlers.plan`), so a gate is still known by its Sigmoid module when its product is
+    rewritten."""
+    steps = plan(gm)
     first = _first_layer(gm, composite.first_types)
-    # Decided before any module is swapped: a gate is known by its Sigmoid/Hardsigmoid module,
-    # which the walk below replaces by a pass-through layer.
-    roles = product_roles(gm)
-    done: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and str(node.target) not in done:
-            target = str(node.target)
-            done.add(target)
-            module = gm.get_submodule(target)
-            if isinstance(module, AFFINE_LAYERS):
-                rule = composite.rule_for(module, is_first=target == first, path=target)
-                if isinstance(rule, ZBox) and rule.low is None:
-                    rule = rule.with_bounds(low, high)
-                wrapped = RuleLayer(rule.bind(module, shared), f"{target}: {rule.describe()}")
-            elif isinstance(module, (nn.ReLU, *ACTIVATIONS, *BATCH_NORMS)):
-                wrapped = PassLayer(module)
-            elif isinstance(module, PROPORTIONAL_MODULES):
-                wrapped = ProportionalLayer(module)
-            else:  # max-pool (winner-takes-all), flatten, dropout, identity: the plain gradient
-                continue
-            _set_submodule(gm, target, wrapped)
-        elif node.op == "call_function" and node.target in RELU_FUNCTIONS:
-            node.target = relu_pass
-        elif node.op == "call_function" and node.target in ADD_FUNCTIONS:
-            node.target = residual_sum
-        elif node.op == "call_function" and node.target in MUL_FUNCTIONS:
-            features = roles[node]
-            node.args = (node.args[features], node.args[1 - features])
-            node.kwargs = {"layer": module_path(node)}
-            node.target = gated
-        elif node.op == "call_function" and node.target in _POOL_REPLACEMENTS:
-            node.target = _POOL_REPLACEMENTS[node.target]
-        elif node.op == "call_method" and node.target in RELU_METHODS:
-            node.op, node.target = "call_function", relu_pass
-    gm.recompile()
-    return gm
+    shared = {} if shared is None else shared
+    return apply(steps, Rewrite(gm, composite, low, high, shared, first))
+
+
+def rule_layer(context: Rewrite, target: str, module: nn.Module) -> RuleLayer:
+    """The composite's rule for the conv/linear layer at `target`, bound to its weights."""
+    composite = context.composite
+    rule = composite.rule_for(module, is_first=target == context.first, path=target)
+    if isinstance(rule, ZBox) and rule.low is None:
+        rule = rule.with_bounds(context.low, context.high)
+    return RuleLayer(rule.bind(module, context.shared), f"{target}: {rule.describe()}")
+
+
+def _module_kind(types: tuple[type[nn.Module], ...]) -> Callable[[Snapshot, fx.Node], bool]:
+    return lambda snapshot, node: isinstance(snapshot.module(node), types)
+
+
+def _function_kind(functions: tuple[Callable, ...]) -> Callable[[Snapshot, fx.Node], bool]:
+    return lambda snapshot, node: node.op == "call_function" and node.target in functions
+
+
+def _swap_with(
+    wrap: Callable[[Rewrite, str, nn.Module], nn.Module],
+) -> Callable[[Rewrite, fx.Node, nn.Module], None]:
+    def rewrite(context: Rewrite, node: fx.Node, module: nn.Module) -> None:
+        context.swap(str(node.target), wrap(context, str(node.target), module))
+
+    return rewrite
+
+
+def _check_layer(snapshot: Snapshot, node: fx.Node) -> nn.Module:
+    module = snapshot.module(node)
+    check_module(str(node.target), module)
+    return module
+
+
+def _retarget(function: Callable) -> Callable[[Rewrite, fx.Node, object], None]:
+    def rewrite(context: Rewrite, node: fx.Node, decision: object) -> None:
+        node.op, node.target = "call_function", function
+
+    return rewrite
+
+
+def check_sum(snapshot: Snapshot, node: fx.Node) -> None:
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    if len(node.args) != 2 or len(tensors) != 2 or node.kwargs:
+        raise unsupported(snapshot, node, "only a sum of two tensors has a rule")
+
+
+def _check_product(snapshot: Snapshot, node: fx.Node) -> int:
+    return features_operand(snapshot.gm, node, snapshot.modules)
+
+
+def _rewrite_product(context: Rewrite, node: fx.Node, features: int) -> None:
+    node.args = (node.args[features], node.args[1 - features])
+    node.kwargs = {"layer": module_path(node)}
+    node.target = gated
+
+
+def _rewrite_pool(context: Rewrite, node: fx.Node, decision: object) -> None:
+    node.target = _POOL_REPLACEMENTS[node.target]
+
+
+_LAYER_HANDLERS = (
+    Handler(
+        "conv/linear",
+        _module_kind(AFFINE_LAYERS),
+        _check_layer,
+        _swap_with(rule_layer),
+        label="Conv2d, Linear",
+    ),
+    Handler(
+        "activation/batch norm",
+        _module_kind((nn.ReLU, *ACTIVATIONS, *BATCH_NORMS)),
+        _check_layer,
+        _swap_with(lambda context, target, module: PassLayer(module)),
+        label=", ".join(t.__name__ for t in (nn.ReLU, *ACTIVATIONS, *BATCH_NORMS)),
+    ),
+    Handler(
+        "average pooling",
+        _module_kind(PROPORTIONAL_MODULES),
+        _check_layer,
+        _swap_with(lambda context, target, module: ProportionalLayer(module)),
+        label="AvgPool2d, AdaptiveAvgPool2d",
+    ),
+    Handler(
+        "gradient layers",  # max-pool (winner-takes-all), flatten, dropout, identity
+        _module_kind(GRADIENT_MODULES),
+        _check_layer,
+        label=", ".join(t.__name__ for t in GRADIENT_MODULES),
+    ),
+    Handler(
+        "relu function",
+        lambda s, n: (
+            (n.op == "call_function" and n.target in RELU_FUNCTIONS)
+            or (n.op == "call_method" and n.target in RELU_METHODS)
+        ),
+        rewrite=_retarget(relu_pass),
+        label="relu functions",
+    ),
+    Handler(
+        "sum",
+        _function_kind(ADD_FUNCTIONS),
+        check_sum,
+        _retarget(residual_sum),
+        label="residual sums of two tensors",
+    ),
+    Handler(
+        "gate product",
+        _function_kind(MUL_FUNCTIONS),
+        _check_product,
+        _rewrite_product,
+        label="gate x feature products (squeeze-excitation)",
+    ),
+    Handler(
+        "pooling function",
+        _function_kind(POOL_FUNCTIONS),
+        rewrite=_rewrite_pool,
+        label="pooling functions",
+    ),
+    Handler(
+        "shape function",
+        lambda s, n: (
+            (n.op == "call_function" and n.target in SHAPE_FUNCTIONS)
+            or (n.op == "call_method" and n.target in SHAPE_METHODS)
+        ),
+        label="flatten/view/reshape/permute/cat",
+    ),
+)
+for _handler in _LAYER_HANDLERS:
+    register_handler(_handler)
 
 
 def ensure_supported(model: nn.Module) -> None:

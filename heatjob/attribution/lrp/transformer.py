@@ -1,0 +1,223 @@
+"""LRP for transformer layers: LayerNorm, self-attention, GELU (the CP-LRP rules, Ali et al. 2022).
+
+Shared by every composite, as pass-through for ReLU is:
+
+- LayerNorm with its standard deviation held constant: y = (x - mean x) / std * w + b is then
+  linear in x, and relevance follows LRP-0 through that map (the bias keeps its share).
+- Self-attention with queries and keys held constant: the softmax weights A are constants, the
+  layer is out_proj(A · value_proj(x)), linear in x, and relevance follows LRP-0 through the
+  value and output projections (the attention projections take no composite rule).
+- GELU passes relevance through; residual sums split it in proportion to their operands; the
+  class token and the position embedding are parameters: what reaches them stays there.
+
+LRP-0 through a map y = M x + c is x ⊙ Mᵀ (R / y). The denominators here are shifted by only
+`EXACT_STABILIZER`, far below float32's resolution of any y that carries relevance, so that these
+layers equal the gradient × input formulation (LXT's) to float32 round-off. In a model with
+transformer layers the residual sums take the same denominator (in a CNN they keep zennit's 1e-6,
+whose heatmaps the CNN composites reproduce): with 1e-6, ViT-B/16's heatmaps drift from LXT's by
+about 1e-3 of their maximum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from heatjob.attribution.lrp.canonizers import ADD_FUNCTIONS
+from heatjob.attribution.lrp.engine import PassLayer, check_sum, residual_sum
+from heatjob.attribution.lrp.handlers import (
+    Handler,
+    Rewrite,
+    Snapshot,
+    register_handler,
+    unsupported,
+)
+from heatjob.attribution.lrp.rules import stabilize
+
+# Keeps an exact zero out of a denominator (whose relevance is then zero too) and nothing else.
+EXACT_STABILIZER = 1e-30
+
+
+class _LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).add(norm.eps).sqrt()
+        y = (x - mean) / std
+        if norm.weight is not None:
+            y = y * norm.weight
+        if norm.bias is not None:
+            y = y + norm.bias
+        ctx.x, ctx.std, ctx.norm = x, std, norm
+        ctx.denominator = stabilize(y, EXACT_STABILIZER)
+        return y
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor, None]:
+        grad = r / ctx.denominator
+        if ctx.norm.weight is not None:
+            grad = grad * ctx.norm.weight
+        grad = grad / ctx.std
+        # the transpose of centring x - mean(x) is centring
+        grad = grad - grad.mean(dim=-1, keepdim=True)
+        return ctx.x * grad, None
+
+
+class LayerNormLayer(nn.Module):
+    """LayerNorm over the last dimension, its standard deviation constant for relevance."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _LayerNormFunction.apply(x, self.norm)
+
+
+def _heads(t: Tensor, heads: int) -> Tensor:
+    n, tokens, width = t.shape
+    return t.view(n, tokens, heads, width // heads).transpose(1, 2)
+
+
+def _merge(t: Tensor) -> Tensor:
+    n, heads, tokens, width = t.shape
+    return t.transpose(1, 2).reshape(n, tokens, heads * width)
+
+
+class _AttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, attention: nn.MultiheadAttention) -> Tensor:
+        width, heads = attention.embed_dim, attention.num_heads
+        q, k, v = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).split(width, -1)
+        q, k, v = (_heads(t, heads) for t in (q, k, v))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(width // heads), dim=-1)
+        out_proj = attention.out_proj
+        y = F.linear(_merge(weights @ v), out_proj.weight, out_proj.bias)
+        ctx.x, ctx.weights, ctx.attention = x, weights, attention
+        ctx.denominator = stabilize(y, EXACT_STABILIZER)
+        return y
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor, None]:
+        attention = ctx.attention
+        width = attention.embed_dim
+        grad = (r / ctx.denominator) @ attention.out_proj.weight
+        grad = _merge(ctx.weights.transpose(-2, -1) @ _heads(grad, attention.num_heads))
+        value_weight = attention.in_proj_weight[2 * width :]
+        return ctx.x * (grad @ value_weight), None
+
+
+class AttentionLayer(nn.Module):
+    """Self-attention (MultiheadAttention, batch first) whose queries and keys are constants for
+    relevance; returns (output, None) as the module does with need_weights=False."""
+
+    def __init__(self, attention: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, **kwargs: object):
+        return _AttentionFunction.apply(query, self.attention), None
+
+
+def _module_of(types: tuple[type[nn.Module], ...]):
+    # The exact types: a subclass may normalise or attend over other dimensions (ConvNeXt's
+    # LayerNorm2d is a LayerNorm over channels of a channels-first tensor).
+    return lambda snapshot, node: type(snapshot.module(node)) in types
+
+
+def _check_norm(snapshot: Snapshot, node: fx.Node) -> nn.LayerNorm:
+    norm = snapshot.module(node)
+    if len(norm.normalized_shape) != 1:
+        raise unsupported(snapshot, node, "only a LayerNorm over the last dimension has a rule")
+    return norm
+
+
+_ATTENTION_KWARGS = {"need_weights": False, "attn_mask": None, "key_padding_mask": None}
+
+
+def _check_attention(snapshot: Snapshot, node: fx.Node) -> nn.MultiheadAttention:
+    attention = snapshot.module(node)
+    inputs = list(node.args) + [node.kwargs.get(k) for k in ("query", "key", "value")]
+    inputs = [a for a in inputs if a is not None]
+    problems = [
+        (len(inputs) != 3 or len(set(inputs)) != 1, "only self-attention (query = key = value)"),
+        (not attention.batch_first, "only batch_first attention"),
+        (not attention._qkv_same_embed_dim, "only one packed in-projection"),
+        (attention.bias_k is not None or attention.add_zero_attn, "no bias_k/bias_v/zero attn"),
+        (
+            any(
+                k not in ("query", "key", "value") and _ATTENTION_KWARGS.get(k, ...) != v
+                for k, v in node.kwargs.items()
+            ),
+            "only need_weights=False without masks",
+        ),
+    ]
+    for failed, why in problems:
+        if failed:
+            raise unsupported(snapshot, node, f"{why} has a rule")
+    return attention
+
+
+def _swap(wrap):
+    def rewrite(context: Rewrite, node: fx.Node, module: nn.Module) -> None:
+        context.swap(str(node.target), wrap(module))
+
+    return rewrite
+
+
+register_handler(
+    Handler(
+        "layer norm",
+        _module_of((nn.LayerNorm,)),
+        _check_norm,
+        _swap(LayerNormLayer),
+        label="LayerNorm",
+    )
+)
+register_handler(
+    Handler(
+        "self-attention",
+        _module_of((nn.MultiheadAttention,)),
+        _check_attention,
+        _swap(AttentionLayer),
+        label="MultiheadAttention (self-attention)",
+    )
+)
+register_handler(
+    Handler(
+        "gelu",
+        _module_of((nn.GELU,)),
+        lambda snapshot, node: snapshot.module(node),
+        _swap(PassLayer),
+        label="GELU",
+    )
+)
+
+
+TRANSFORMER_LAYERS = (nn.LayerNorm, nn.MultiheadAttention)
+
+
+def _token_sum(snapshot: Snapshot, node: fx.Node) -> bool:
+    if node.op != "call_function" or node.target not in ADD_FUNCTIONS or node in snapshot.static:
+        return False
+    return any(isinstance(m, TRANSFORMER_LAYERS) for m in snapshot.modules.values())
+
+
+def _rewrite_token_sum(context: Rewrite, node: fx.Node, decision: object) -> None:
+    node.target = residual_sum
+    node.kwargs = {"stabilizer": EXACT_STABILIZER}
+
+
+register_handler(
+    Handler(
+        "transformer residual sum",
+        _token_sum,
+        check_sum,
+        _rewrite_token_sum,
+        label="residual sums of two tensors",
+    ),
+    first=True,
+)
