@@ -38,15 +38,15 @@ def number(value: float) -> str:
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """z + epsilon * sign(z), with sign(0) = +1 so that no denominator is zero.
 
-    Two passes over z and one allocation (copysign, then in place). It differs from zennit's
-    `z >= 0` test only at z = -0.0, a sum of zeros only, whose inputs get zero relevance either
-    way."""
-    return torch.copysign(z.new_tensor(epsilon), z).add_(z)
+    One allocation (filled on the device: no host tensor to copy over), then in place. It
+    differs from zennit's `z >= 0` test only at z = -0.0, a sum of zeros only, whose inputs get
+    zero relevance either way."""
+    return torch.full_like(z, epsilon).copysign_(z).add_(z)
 
 
 def stabilize_(z: Tensor, epsilon: float) -> Tensor:
     """`stabilize` in place, for a tensor the caller owns."""
-    return z.add_(torch.copysign(z.new_tensor(epsilon), z))
+    return z.add_(torch.full_like(z, epsilon).copysign_(z))
 
 
 def scaled(denominator: Tensor, scale: float) -> Tensor:
