@@ -11,7 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from heatjob.attribution.lrp import Explainer, composite_names, describe_composite, ensure_supported
-from heatjob.attribution.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, Z, ZBox
+from heatjob.attribution.lrp.rules import (
+    UNKNOWN,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Signs,
+    WSquare,
+    Z,
+    ZBox,
+)
 from heatjob.errors import SpecError, UnsupportedModelError
 
 EPS = 1e-6  # the rules' default stabiliser
@@ -88,8 +98,8 @@ def dense(layer, in_shape):
     return W, b, connected
 
 
-def run_rule(rule, layer, x, R):
-    bound = rule.bind(layer)
+def run_rule(rule, layer, x, R, signs=UNKNOWN):
+    bound = rule.bind(layer, signs=signs)
     return bound.relevance(x, bound.forward(x), R)
 
 
@@ -160,17 +170,19 @@ def test_rule_matches_formula(layer, shape, rule, formula):
     ids=["epsilon", "alpha1beta0", "alpha2beta1", "gamma"],
 )
 def test_rule_matches_formula_behind_relu(layer, shape, rule, formula):
-    """Inputs >= 0 (with exact zeros) take the rules' short path: z- = z - z+, no x- terms,
-    gamma's z < 0 half only where relevance reaches it."""
+    """Inputs >= 0 (with exact zeros), proven by the graph, take the rules' short path:
+    z- = z - z+, no x- terms; gamma's z < 0 half skipped where the output is rectified."""
     torch.manual_seed(7)
     x = torch.relu(torch.randn(shape))
     assert (x == 0).any() and x.min() >= 0
     R = torch.randn(layer(x).shape)
-    assert_close(run_rule(rule, layer, x, R), per_sample(layer, shape, x, R, formula))
-    if isinstance(rule, Gamma):  # no relevance on outputs z < 0: the skipped half
+    behind_relu = Signs(input_non_negative=True)
+    assert_close(run_rule(rule, layer, x, R, behind_relu), per_sample(layer, shape, x, R, formula))
+    if isinstance(rule, Gamma):  # no relevance on outputs z <= 0: the skipped half
         R_up = R * (layer(x) > 0)
         ref = per_sample(layer, shape, x, R_up, formula)
-        assert_close(run_rule(rule, layer, x, R_up), ref)
+        rectified = Signs(input_non_negative=True, output_rectified=True)
+        assert_close(run_rule(rule, layer, x, R_up, rectified), ref)
 
 
 @pytest.mark.parametrize(("layer", "shape"), LAYERS, ids=LAYER_IDS)

@@ -1,4 +1,4 @@
-"""Several targets per image from one forward pass (Explainer.explain_rows, worker.explain_unit)
+"""Several targets per image from one forward pass (Explainer.explain_rows, .forward_pass)
 against one target per pass (Explainer.explain), the path the zennit tests pin."""
 
 import numpy as np
@@ -9,7 +9,6 @@ from torch import nn
 
 from heatjob.attribution.lrp import Explainer
 from heatjob.attribution.rows import rounds as _rounds
-from heatjob.job.worker import explain_unit
 
 NUM_CLASSES = 6
 
@@ -60,17 +59,18 @@ def test_every_class_of_every_image_from_one_forward_pass(model, images, composi
     torch.testing.assert_close(logits, single_logits)
 
 
-def test_uneven_rows_and_worker_batches(model, images):
-    """Images with 2, 0 and 3 rows, in worker batches of 2 images, equal one target per pass."""
+def test_uneven_rows_from_a_kept_forward_pass(model, images):
+    """Images with 2, 0 and 3 rows through forward_pass then relevance (the worker's path: it
+    reads the logits in between) equal one target per pass; the logits are the model's."""
     explainer = Explainer(model, "EpsilonPlusFlat")
-    inputs = {10: images[0], 11: images[1], 12: images[2]}
-    rows_sample = np.array([10, 10, 12, 12, 12])
-    targets = np.array([4, 1, 0, 5, 2], dtype=np.int32)
-    maps = explain_unit(explainer, inputs, rows_sample, targets, batch_size=2)
-    assert maps.shape == (5, 32, 32) and maps.dtype == np.float32
-    x = torch.stack([images[0], images[2]])
-    expected = one_per_pass(explainer, x, [0, 0, 1, 1, 1], targets.tolist()).numpy()
-    np.testing.assert_allclose(maps, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    rows_image = np.array([0, 0, 2, 2, 2])
+    targets = np.array([4, 1, 0, 5, 2])
+    run = explainer.forward_pass(images)
+    torch.testing.assert_close(run.logits, model(images).detach(), rtol=1e-4, atol=1e-5)
+    maps = run.relevance(rows_image, targets)
+    assert maps.shape == (5, 32, 32) and maps.dtype == torch.float32
+    expected = one_per_pass(explainer, images, rows_image.tolist(), targets.tolist())
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_bad_row_indices_are_rejected(model, images):

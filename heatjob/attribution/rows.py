@@ -14,8 +14,10 @@ def check_rows(x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tens
     equal 1-d index lists whose images lie in the batch x (n, channels, height, width)."""
     if x.ndim != 4:
         raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
-    images = torch.as_tensor(images, device=x.device).long()
-    targets = torch.as_tensor(targets, device=x.device).long()
+    # checked where the lists are (the host, from the worker), then moved: on a GPU a check
+    # of device tensors would wait for the device
+    images = torch.as_tensor(images).long()
+    targets = torch.as_tensor(targets).long()
     if images.ndim != 1 or images.shape != targets.shape:
         raise ValueError(
             f"images and targets must be two equal 1-d index lists, got shapes "
@@ -23,7 +25,7 @@ def check_rows(x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tens
         )
     if len(images) and (images.min() < 0 or images.max() >= x.shape[0]):
         raise ValueError(f"image indices must lie in [0, {x.shape[0]})")
-    return images, targets
+    return images.to(x.device), targets.to(x.device)
 
 
 def rounds(images: list[int]) -> list[list[int]]:

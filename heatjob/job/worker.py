@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from heatjob.attribution.lrp import Explainer, explainers_for
+from heatjob.attribution.lrp import explainers_for
 from heatjob.attribution.registry import build_method
 from heatjob.data import open_job_dataset
 from heatjob.data.transforms import to_input
@@ -110,39 +110,75 @@ class UnitWorker:
         self, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range = range(0)
     ) -> Explained:
         """Load, run forward, choose targets and explain rows with every composite; writes
-        nothing. `owned`: samples whose logits are wanted besides the rows' own."""
+        nothing. `owned`: samples whose logits are wanted besides the rows' own.
+
+        The logits come from the first explainer's own forward pass, so K composites cost K
+        forward passes, not K + 1; under predicted:K the targets are chosen from them before
+        any backward pass (an LRP Explainer's `forward_pass`)."""
         batch_size = self.spec.run.batch_size
         samples = sorted(set(rows_sample.tolist()) | set(owned))
-        inputs, logits, failures = {}, {}, {}
         chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+        pending = bool((rows_target == PENDING_TARGET).any())
+        targets = rows_target.astype(np.int32, copy=True)
+        logits: dict[int, np.ndarray] = {}
+        failures: dict[int, str] = {}
+        heatmaps: dict[str, np.ndarray] = {}
+        inputs: dict[int, torch.Tensor] = {}  # kept on the device for the faithfulness curves
+        keep_inputs = bool(self.spec.evaluation.faithfulness)
         timer = _Timer()
-        with torch.no_grad():
-            # the next batch loads while this one runs; each batch moves to the device once,
-            # and the explain passes below reuse those device tensors
-            for chunk, (batch, failed) in prefetch(chunks, timer.timed("load", self.load)):
-                failures.update(failed)
-                with timer("forward"):
-                    x = batch.to(self.device, non_blocking=True)
-                    out = self.model(x).float().cpu().numpy()
-                for j, sample in enumerate(chunk):
-                    inputs[sample], logits[sample] = x[j], out[j]
+        # the next batch loads while this one is explained; each batch moves to the device once
+        for chunk, (batch, failed) in prefetch(chunks, timer.timed("load", self.load)):
+            failures.update(failed)
+            x = batch.to(self.device, non_blocking=True)
+            rows = np.flatnonzero(np.isin(rows_sample, chunk))
+            out = self._explain_chunk(x, chunk, rows_sample, targets, rows, pending, timer)
+            for name, maps in out.pop("maps").items():
+                if name not in heatmaps:
+                    heatmaps[name] = np.empty((len(rows_sample), *maps.shape[1:]), np.float32)
+                heatmaps[name][rows] = maps
+            for j, sample in enumerate(chunk):
+                logits[sample] = out["logits"][j]
+                if keep_inputs:
+                    inputs[sample] = x[j]
         for sample in failures:
             logits[sample] = np.full_like(logits[sample], np.nan)
-
-        targets = rows_target.astype(np.int32, copy=True)
-        chosen = None
-        if (targets == PENDING_TARGET).any():
-            targets = predicted_targets(rows_sample, logits)
-            chosen = targets
-        with timer("explain"):
-            heatmaps = {
-                name: explain_unit(explainer, inputs, rows_sample, targets, batch_size)
-                for name, explainer in self.explainers.items()
-            }
+        size = self.spec.dataset.image_size
+        for name in self.explainers:
+            heatmaps.setdefault(name, np.zeros((len(rows_sample), size, size), np.float32))
         failed_rows = np.isin(rows_sample, list(failures))
         for maps in heatmaps.values():
             maps[failed_rows] = np.nan
-        return Explained(heatmaps, logits, chosen, failures, dict(timer.seconds), inputs, targets)
+        chosen = targets if pending else None
+        return Explained(heatmaps, logits, chosen, failures, timer.seconds, inputs, targets)
+
+    def _explain_chunk(self, x, chunk, rows_sample, targets, rows, pending, timer) -> dict:
+        """One batch through every explainer; fills `targets[rows]` under predicted:K."""
+        position = {sample: j for j, sample in enumerate(chunk)}
+        images = np.array([position[s] for s in rows_sample[rows].tolist()], dtype=np.int64)
+        logits, maps = None, {}
+        for name, explainer in self.explainers.items():
+            run = None
+            if logits is None and pending:
+                if hasattr(explainer, "forward_pass"):
+                    with timer("explain"):
+                        run = explainer.forward_pass(x)
+                        logits = run.logits.cpu().numpy()
+                else:  # a method without a separate forward pass: one plain forward first
+                    with timer("forward"), torch.no_grad():
+                        logits = self.model(x).float().cpu().numpy()
+                chunk_logits = {sample: logits[j] for j, sample in enumerate(chunk)}
+                targets[rows] = predicted_targets(rows_sample[rows], chunk_logits)
+            with timer("explain"):
+                if run is not None:
+                    relevance = run.relevance(images, targets[rows].astype(np.int64))
+                else:
+                    relevance, out = _explain_rows(explainer, x, images, targets[rows], chunk)
+                    logits = out.float().cpu().numpy() if logits is None else logits
+                maps[name] = relevance.cpu().numpy()
+        if logits is None:  # no explainer at all
+            with timer("forward"), torch.no_grad():
+                logits = self.model(x).float().cpu().numpy()
+        return {"maps": maps, "logits": logits}
 
     def run_unit(
         self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
@@ -248,39 +284,10 @@ def _test_hold(unit: Unit) -> None:
     time.sleep(120)
 
 
-def explain_unit(
-    explainer: Explainer,
-    inputs: dict[int, torch.Tensor],
-    rows_sample: np.ndarray,
-    targets: np.ndarray,
-    batch_size: int,
-) -> np.ndarray:
-    """Heatmaps (rows, S, S) float32 of one unit's rows under one composite or method.
-
-    `batch_size` images per forward pass; all rows of those images (every label, predicted:K,
-    all) share it, one backward pass per target (Explainer.explain_rows).
-    """
-    samples = list(dict.fromkeys(rows_sample.tolist()))  # rows are ordered by sample
-    out = None
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i : i + batch_size]
-        position = {sample: j for j, sample in enumerate(chunk)}
-        rows = np.flatnonzero(np.isin(rows_sample, chunk))
-        x = torch.stack([inputs[s] for s in chunk])
-        images = [position[s] for s in rows_sample[rows].tolist()]
-        rows_targets = targets[rows].astype(np.int64)
-        if getattr(explainer, "needs_samples", False):  # smoothgrad: noise seeded per sample
-            relevance, _ = explainer.explain_rows(x, images, rows_targets, samples=chunk)
-        else:
-            relevance, _ = explainer.explain_rows(x, images, rows_targets)
-        maps = relevance.cpu().numpy()
-        if out is None:
-            out = np.empty((len(rows_sample), *maps.shape[1:]), dtype=np.float32)
-        out[rows] = maps
-    if out is None:  # no rows
-        size = next(iter(inputs.values())).shape[-2:] if inputs else (0, 0)
-        out = np.zeros((0, *size), dtype=np.float32)
-    return out
+def _explain_rows(explainer, x, images, targets, chunk):
+    if getattr(explainer, "needs_samples", False):  # smoothgrad: noise seeded per sample
+        return explainer.explain_rows(x, images, targets.astype(np.int64), samples=chunk)
+    return explainer.explain_rows(x, images, targets.astype(np.int64))
 
 
 def predicted_targets(rows_sample: np.ndarray, logits: dict[int, np.ndarray]) -> np.ndarray:

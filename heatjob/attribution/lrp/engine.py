@@ -47,11 +47,13 @@ from heatjob.attribution.lrp.handlers import (
 )
 from heatjob.attribution.lrp.rules import (
     STABILIZER,
+    UNKNOWN,
     BoundRule,
     ZBox,
     norm_relevance,
     stabilize,
 )
+from heatjob.attribution.lrp.signs import layer_signs
 from heatjob.attribution.rows import PRECISIONS, check_rows, rounds
 from heatjob.errors import UnsupportedModelError
 
@@ -142,12 +144,15 @@ class PassLayer(nn.Module):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
+        # Never in place: rules keep their inputs on ctx, outside autograd's version checks,
+        # so an activation overwriting its input would change what a rule reads later. The
+        # module is the explained copy's own (the user's model is never touched).
+        if getattr(module, "inplace", False):
+            module.inplace = False
         self.module = module
 
     def forward(self, x: Tensor) -> Tensor:
-        # Never in place: the layer before saved its output for its own rule.
-        fn = _relu if isinstance(self.module, nn.ReLU) else self.module
-        return _PassFunction.apply(x, fn)
+        return _PassFunction.apply(x, self.module)
 
 
 class ProportionalLayer(nn.Module):
@@ -234,6 +239,10 @@ def _first_layer(gm: fx.GraphModule, types: tuple[type[nn.Module], ...]) -> str 
     return None
 
 
+def _rule_of(gm: fx.GraphModule, composite: Composite, path: str, first: str | None):
+    return composite.rule_for(gm.get_submodule(path), is_first=path == first, path=path)
+
+
 def attach_rules(
     gm: fx.GraphModule,
     composite: Composite,
@@ -250,7 +259,10 @@ def attach_rules(
     steps = plan(gm)
     first = _first_layer(gm, composite.first_types)
     shared = {} if shared is None else shared
-    return apply(steps, Rewrite(gm, composite, low, high, shared, first))
+    # Likewise the signs each layer sees, read off the graph so that no pass inspects a tensor.
+    roles = {s.node: s.decision for s in steps if s.handler.name == "gate product"}
+    signs = layer_signs(gm, lambda path: _rule_of(gm, composite, path, first), roles)
+    return apply(steps, Rewrite(gm, composite, low, high, shared, first, signs))
 
 
 def rule_layer(context: Rewrite, target: str, module: nn.Module) -> RuleLayer:
@@ -259,7 +271,8 @@ def rule_layer(context: Rewrite, target: str, module: nn.Module) -> RuleLayer:
     rule = composite.rule_for(module, is_first=target == context.first, path=target)
     if isinstance(rule, ZBox) and rule.low is None:
         rule = rule.with_bounds(context.low, context.high)
-    return RuleLayer(rule.bind(module, context.shared), f"{target}: {rule.describe()}")
+    bound = rule.bind(module, context.shared, context.signs.get(target, UNKNOWN))
+    return RuleLayer(bound, f"{target}: {rule.describe()}")
 
 
 def _module_kind(types: tuple[type[nn.Module], ...]) -> Callable[[Snapshot, fx.Node], bool]:
@@ -478,19 +491,44 @@ class Explainer:
         backward pass takes at most one row per image, so an image with K rows costs K backward
         passes and the batch max(K) in all, against K forward+backward passes one target at a time.
         """
-        images, targets = check_rows(x, images, targets)
-        groups = rounds(images.tolist())
+        images, targets = check_rows(x, images, targets)  # before the pass: no wasted forward
+        run = self.forward_pass(x)
+        return run.relevance(images, targets), run.logits
+
+    def forward_pass(self, x: Tensor) -> LrpPass:
+        """The forward pass over x, kept for the backward passes of `LrpPass.relevance`: the
+        worker reads its logits (choosing predicted:K targets from them) before any backward."""
         x = x.detach().to(self.dtype).requires_grad_(True)
-        heatmaps = torch.empty(len(images), *x.shape[2:], device=x.device)
         with torch.enable_grad():
-            logits = self.model(x)
-            values = logits.detach()
+            output = self.model(x)
+        return LrpPass(x, output)
+
+
+class LrpPass:
+    """One forward pass of an Explainer; `relevance` runs its backward passes, once."""
+
+    def __init__(self, x: Tensor, output: Tensor) -> None:
+        self.x = x
+        self.output = output
+        self.logits = output.detach().float()
+
+    def relevance(self, images: Tensor, targets: Tensor) -> Tensor:
+        """Heatmaps (m, H, W) of rows (images[k], targets[k]); frees the pass afterwards."""
+        x, output = self.x, self.output
+        # grouped on the host where the lists come from (the worker's numpy rows): a device
+        # tensor's tolist() would wait for the device
+        groups = rounds(torch.as_tensor(images).tolist())
+        images, targets = check_rows(x, images, targets)
+        heatmaps = torch.empty(len(images), *x.shape[2:], device=x.device)
+        values = output.detach()
+        with torch.enable_grad():
             for k, rows in enumerate(groups):
                 rows_t = torch.as_tensor(rows, device=x.device)
-                seed = torch.zeros_like(logits)
+                seed = torch.zeros_like(output)
                 image, target = images[rows_t], targets[rows_t]
                 seed[image, target] = values[image, target]
                 last = k == len(groups) - 1
-                (relevance,) = torch.autograd.grad(logits, x, seed, retain_graph=not last)
+                (relevance,) = torch.autograd.grad(output, x, seed, retain_graph=not last)
                 heatmaps[rows_t] = relevance[image].float().sum(dim=1)
-        return heatmaps, values.float()
+        self.output = None  # the graph is gone; a second call would fail inside autograd
+        return heatmaps

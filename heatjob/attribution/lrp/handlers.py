@@ -50,6 +50,8 @@ class Rewrite:
     high: torch.Tensor
     shared: dict
     first: str | None
+    # per conv/linear path, what the graph proves about its signs (heatjob.attribution.lrp.signs)
+    signs: Mapping[str, Any] = field(default_factory=dict)
     swapped: set[str] = field(default_factory=set)
 
     def swap(self, target: str, module: nn.Module) -> None:

@@ -36,8 +36,17 @@ def number(value: float) -> str:
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """z + epsilon * sign(z), with sign(0) = +1 so that no denominator is zero."""
-    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+    """z + epsilon * sign(z), with sign(0) = +1 so that no denominator is zero.
+
+    One allocation (filled on the device: no host tensor to copy over), then in place. It
+    differs from zennit's `z >= 0` test only at z = -0.0, a sum of zeros only, whose inputs get
+    zero relevance either way."""
+    return torch.full_like(z, epsilon).copysign_(z).add_(z)
+
+
+def stabilize_(z: Tensor, epsilon: float) -> Tensor:
+    """`stabilize` in place, for a tensor the caller owns."""
+    return z.add_(torch.full_like(z, epsilon).copysign_(z))
 
 
 def scaled(denominator: Tensor, scale: float) -> Tensor:
@@ -115,6 +124,21 @@ class Affine:
 Saved = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Signs:
+    """What the graph proves about one layer (heatjob.attribution.lrp.signs), never read off the
+    tensors, which would be a device->host sync per layer and pass: `input_non_negative`, the
+    input is >= 0 (behind a ReLU), so every x- term is zero; `output_rectified`, relevance that
+    reaches outputs z <= 0 is exactly zero (the output feeds a ReLU). Unknown means False: the
+    rules' general path is exact for any sign."""
+
+    input_non_negative: bool = False
+    output_rectified: bool = False
+
+
+UNKNOWN = Signs()
+
+
 @dataclass
 class BoundRule:
     """A rule fixed to one layer, with the rule's modified weights computed once.
@@ -127,6 +151,7 @@ class BoundRule:
     rule: Rule
     affine: Affine
     params: dict[str, Tensor | None]
+    signs: Signs = UNKNOWN
     cache: dict = field(default_factory=dict)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,19 +178,21 @@ class BoundRule:
         return self.cache[key]
 
 
-def non_negative(x: Tensor) -> bool:
-    """True for inputs behind a ReLU: the rules then skip every term in x- (exactly zero)."""
-    return bool(x.min() >= 0)
-
-
 class Rule(ABC):
     """An LRP rule for Conv2d and Linear layers."""
 
-    def bind(self, layer: nn.Module, shared: dict | None = None) -> BoundRule:
+    # True where the relevance of input i is x_i times something finite (zero inputs get none);
+    # heatjob.attribution.lrp.signs builds on it.
+    multiplies_input = False
+
+    def bind(
+        self, layer: nn.Module, shared: dict | None = None, signs: Signs = UNKNOWN
+    ) -> BoundRule:
         """Fix the rule to `layer`, precomputing whatever modified weights the rule needs.
-        `shared`: a dict for weight-derived tensors shared between composites (see Affine)."""
+        `shared`: a dict for weight-derived tensors shared between composites (see Affine);
+        `signs`: what the graph proves about the layer's input and output."""
         affine = Affine(layer, shared)
-        return BoundRule(self, affine, self.prepare(affine))
+        return BoundRule(self, affine, self.prepare(affine), signs)
 
     def prepare(self, affine: Affine) -> dict[str, Tensor | None]:
         """The rule's modified parameters, computed once per layer."""
@@ -192,6 +219,8 @@ def _split_signs(t: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
 
 class Epsilon(Rule):
     """LRP-epsilon: R_i = sum_j z_ij / (z_j + eps sign(z_j)) R_j, bias included in z_j."""
+
+    multiplies_input = True
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
@@ -230,6 +259,8 @@ class AlphaBeta(Rule):
     beta-0) or two transposed convs per backward pass, against zennit's four and eight.
     """
 
+    multiplies_input = True
+
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = STABILIZER):
         if alpha < 0 or beta < 0 or alpha - beta != 1:
             raise ValueError(
@@ -244,14 +275,14 @@ class AlphaBeta(Rule):
         return {"b_pos": b_pos, "b_neg": b_neg}
 
     def save(self, bound, x, z):
-        if not non_negative(x):
+        if not bound.signs.input_non_negative:
             return {"x": x, "signed": True}
         affine = bound.affine
         z_pos = affine.forward(x, affine.positive(), bound.params["b_pos"])
         saved = {"x": x, "signed": False}
-        saved["pos"] = scaled(stabilize(z_pos, self.stabilizer), self.alpha)
-        if self.beta:
-            saved["neg"] = scaled(stabilize(z - z_pos, self.stabilizer), self.beta)
+        if self.beta:  # before z_pos turns into its denominator, in place
+            saved["neg"] = scaled(stabilize_(torch.sub(z, z_pos), self.stabilizer), self.beta)
+        saved["pos"] = scaled(stabilize_(z_pos, self.stabilizer), self.alpha)
         return saved
 
     def propagate(self, bound, saved, r):
@@ -416,11 +447,15 @@ class Gamma(Rule):
     x- on w + gamma w- (bias b + gamma b+); for z_j < 0 the mirror image (bias b + gamma b-).
     With non-negative inputs and z_j > 0 this is LRP-0 on w + gamma w+.
 
-    Behind a ReLU (x >= 0) both denominators follow from z and a = x w+ + b+ (one extra conv):
-    z + gamma a where z > 0 and (1 + gamma) z - gamma a where z < 0, sums of like-signed terms,
-    so no cancellation. The z < 0 half of the backward pass is skipped when no relevance reaches
-    those outputs (a conv followed by a ReLU: the next layer gives relevance x * ... = 0 there).
+    Behind a ReLU (x >= 0, proven by the graph: `Signs`) both denominators follow from z and
+    a = x w+ + b+ (one extra conv): z + gamma a where z > 0 and (1 + gamma) z - gamma a where
+    z < 0, sums of like-signed terms, so no cancellation and the stabiliser's sign is known.
+    Where the graph proves that no relevance reaches outputs z < 0 (a conv followed by a ReLU)
+    that half is neither computed nor propagated: one extra conv forward, one transposed conv
+    back, the rule's floor.
     """
+
+    multiplies_input = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = STABILIZER) -> None:
         self.gamma = float(gamma)
@@ -437,23 +472,26 @@ class Gamma(Rule):
         }
 
     def save(self, bound, x, z):
-        if not non_negative(x):
+        if not bound.signs.input_non_negative:
             return {"x": x, "signed": True, "up": z > 0, "down": z < 0}
         a = bound.affine.forward(x, bound.affine.positive(), bound.params["b_pos"])
-        gamma = self.gamma
-        pos = torch.reciprocal(stabilize(z + gamma * a, self.stabilizer))
-        neg = torch.reciprocal(stabilize((1 + gamma) * z - gamma * a, self.stabilizer))
-        # 1 / denominator where the output's sign selects it, 0 elsewhere: one pass per target
-        return {"x": x, "signed": False, "up": pos.mul_(z > 0), "down": neg.mul_(z < 0)}
+        gamma, eps = self.gamma, self.stabilizer
+        # 1 / denominator where the output's sign selects it, 0 elsewhere (kept for every target)
+        up = torch.add(z, a, alpha=gamma)
+        saved = {"x": x, "signed": False, "down": None}
+        if not bound.signs.output_rectified:  # (1 + gamma) z - gamma a, in a's storage
+            down = a.mul_(-gamma).add_(z, alpha=1 + gamma).sub_(eps).reciprocal_()
+            saved["down"] = down.masked_fill_(z >= 0, 0)
+        saved["up"] = up.add_(eps).reciprocal_().masked_fill_(z <= 0, 0)
+        return saved
 
     def propagate(self, bound, saved, r):
         if saved["signed"]:
             return self._signed(bound, saved, r)
         x, affine, params = saved["x"], bound.affine, bound.params
         out = affine.backward(r * saved["up"], params["w_up"], x.shape)
-        g_down = r * saved["down"]
-        if g_down.any():
-            out.add_(affine.backward(g_down, params["w_down"], x.shape))
+        if saved["down"] is not None:
+            out.add_(affine.backward(r * saved["down"], params["w_down"], x.shape))
         return out.mul_(x)
 
     def _signed(self, bound, saved, r):
