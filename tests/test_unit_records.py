@@ -40,12 +40,13 @@ CONTRACT = ("samples/logits", "rows/sample", "rows/target", "samples/failed") + 
 
 def spec_020(store: Path) -> dict:
     """The job that made tests/data/store-0.2.0.zarr (predicted:2 targets: the workers
-    choose them, so rows/target is a unit's record too)."""
+    choose them, so rows/target is a unit's record too). The checkpoint path is the one
+    that store's spec holds, relative to the repository (the same-job check compares it)."""
     return {
         "dataset": {"kind": "synthetic", "num_samples": 12, "seed": 3, "image_size": 16},
         "model": {
             "arch": "small_cnn",
-            "checkpoint": str(REPO / "models" / "small_cnn_shapes.pt"),
+            "checkpoint": "models/small_cnn_shapes.pt",
             "num_classes": 6,
         },
         "attribution": {"composites": list(COMPOSITES), "targets": "predicted:2"},
@@ -93,6 +94,7 @@ class CountingLocalStore:
 def test_a_worker_writes_its_units_records_itself_in_a_constant_number_of_requests(
     tmp_path, monkeypatch
 ):
+    monkeypatch.chdir(REPO)
     """UnitWorker on a format 2 store, no Ray: each unit writes its heatmap shards, its
     owned logits, its chosen targets and its done record; nothing else is read or written
     per unit (after the first unit opens the store). The records read back as the logits
@@ -141,9 +143,10 @@ def test_a_worker_writes_its_units_records_itself_in_a_constant_number_of_reques
     assert json.loads(report.output)["verify"]["mismatches"] == []
 
 
-def test_a_record_cut_short_counts_as_not_done(tmp_path):
+def test_a_record_cut_short_counts_as_not_done(tmp_path, monkeypatch):
     """A worker killed while writing its done record leaves a chunk that does not decode:
     that unit is redone, the others stay done."""
+    monkeypatch.chdir(REPO)
     job = prepare(parse_spec(spec_020(tmp_path / "cut.zarr"), source="test"), progress=False)
     root = create_store(job)
     root["units/record"][0] = json.dumps(

@@ -15,6 +15,7 @@ driver wrote (heatjob.store.units.finish_unit).
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,8 +128,6 @@ def done_record(
 
 
 def this_process(node: str = "") -> Writer:
-    import os
-
     return Writer(socket.gethostname(), node, os.getpid())
 
 
