@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from factories import synthetic_spec
 from typer.testing import CliRunner
 
 from heatjob.cli import app
@@ -191,7 +192,7 @@ def test_a_020_store_resumes_verifies_and_merges_like_a_new_one(tmp_path):
     assert root["units/done"][:].all()
     assert root["units/attempts"][:].tolist() == [1] * 6
     pristine = zarr.open_group(STORE_020, mode="r")
-    redone = np.zeros(len(root["rows/sample"]), dtype=bool)
+    redone = np.zeros(root["rows/sample"].shape[0], dtype=bool)
     redone[8:12] = redone[16:20] = True  # units 2 and 4: shards of 4 rows
     for name in CONTRACT:
         got, new = root[name][:], new_root[name][:]
@@ -255,3 +256,27 @@ def test_an_exception_in_a_unit_is_retried_then_reported_and_the_rest_is_kept(tm
     for name in CONTRACT:
         got, want = zarr.open_group(always, mode="r")[name][:], zarr.open_group(reference)[name][:]
         assert got.tobytes() == want.tobytes(), name
+
+
+def test_units_that_own_no_sample_write_no_logits_and_every_sample_gets_its_own(tmp_path):
+    """Shards of one row: a sample with two labels has rows in two units, and only the
+    first owns its logits; the second owns no sample at all and writes none."""
+    spec = synthetic_spec(tmp_path / "one.zarr", n_samples=8, shard=1)
+    job = prepare(spec, progress=False)
+    create_store(job)
+    plan, n = job.plan, len(job.sample_ids)
+    owned = [owned_samples(u, plan.rows_sample, n) for u in plan.units]
+    assert any(len(o) == 0 for o in owned)  # the case under test exists
+    worker = UnitWorker(job.spec.to_dict(), spec.store.path, job.num_classes, threads=1)
+    for unit, samples in zip(plan.units, owned, strict=True):
+        rows = slice(unit.row_start, unit.row_stop)
+        worker.run_unit(unit, plan.rows_sample[rows], plan.rows_target[rows], samples)
+    root = zarr.open_group(spec.store.path, mode="r")
+    assert records.done_units(root).all()
+    whole = worker.explain(plan.rows_sample, plan.rows_target, owned=range(n))
+    expected = np.stack([whole.logits[s] for s in range(n)])
+    # a unit here runs batches of one or two images, the whole explain batches of eight:
+    # CPU convolutions round differently by batch, so equal to float32 round-off
+    np.testing.assert_allclose(records.sample_logits(root), expected, rtol=1e-5, atol=1e-6)
+    chunks = {p.name for p in (tmp_path / "one.zarr" / "units" / "logits" / "c").iterdir()}
+    assert chunks == {str(u) for u, o in enumerate(owned) if len(o)}

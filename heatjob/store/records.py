@@ -77,9 +77,10 @@ class UnitWriter:
     ) -> None:
         """Format 2: the logits of the samples the unit owns, its chosen targets, and last
         its done record."""
-        padded = np.full(self.logits.shape[1:], np.nan, dtype=np.float32)
-        padded[: len(logits)] = logits
-        self.logits[unit.index] = padded
+        if len(logits):  # a unit whose rows all belong to an earlier unit's sample owns none
+            padded = np.full(self.logits.shape[1:], np.nan, dtype=np.float32)
+            padded[: len(logits)] = logits
+            self.logits[unit.index] = padded
         if chosen_targets is not None:
             self.targets[unit.row_start : unit.row_stop] = chosen_targets
         self.record[unit.index] = json.dumps(record, sort_keys=True)
