@@ -263,7 +263,7 @@ def run_units(
                 ray.kill(actor)  # its state (GPU memory, a half-run method) is suspect
                 idle.append(new_actor())
                 continue
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+            except ray.exceptions.RayError as exc:  # a dead worker, Ray's OOM killer, ...
                 _retry_or_give_up(unit, exc, attempts, queue, given_up)
                 ray.kill(actor)
                 idle.append(new_actor())
