@@ -68,8 +68,8 @@ def submit(
     units, pending = job.plan.units, list(state.pending)
     if state.resuming:
         add_failure_records(state.root, len(units), len(job.sample_ids), job.failures)
-        if store_format(state.root) < 2 and state.retried_samples:
-            clear_failures(state.root, state.retried_samples)  # the driver rewrites them
+        if state.retried_samples:
+            clear_failures(state.root, state.retried_samples)  # their units record them anew
         if not pending:
             if store_format(state.root) >= 2:  # a driver killed after the last unit
                 write_sample_arrays(state.root)

@@ -171,15 +171,16 @@ class UnitRecords:
     failures: dict[int, str]  # sample -> reason: unreadable images and annotations
 
 
-def unit_records(root: zarr.Group) -> UnitRecords:
-    """The unit records of a store of either format."""
+def unit_records(root: zarr.Group, texts: list[dict | None] | None = None) -> UnitRecords:
+    """The unit records of a store of either format (`texts`: format 2's parsed records,
+    when the caller has read them already)."""
     n_units = root[schema.UNIT_DONE].shape[0]
     n_samples = root[schema.SAMPLE_ID].shape[0]
     if store_format(root) < 2:
         return _format1_records(root, n_units, n_samples)
-    records = _records(root)
+    records = _records(root) if texts is None else texts
     done = _done(root, records)
-    failures = _planning_failures(root, n_samples)
+    failures = _annotation_failures(root, n_samples)
     for record in records:
         for sample, reason in (record or {}).get("failures", {}).items():
             failures[int(sample)] = reason
@@ -197,19 +198,12 @@ def unit_records(root: zarr.Group) -> UnitRecords:
 
 
 def _annotation_failures(root: zarr.Group, n_samples: int) -> dict[int, str]:
-    """samples/failed and samples/failure as sample -> reason."""
+    """samples/failed and samples/failure as sample -> reason: in format 1 every failure,
+    in format 2 those the driver found while planning (annotations) and, once copied, the
+    workers' too (--retry-failed clears the samples it redoes first)."""
     records = failure_records(root, 0, n_samples)
     failed = np.flatnonzero(records[schema.SAMPLE_FAILED])
     return {int(s): str(records[schema.SAMPLE_FAILURE][s]) for s in failed}
-
-
-def _planning_failures(root: zarr.Group, n_samples: int) -> dict[int, str]:
-    """Format 2: the failures the driver found while planning (an annotation that cannot
-    be read gives its sample no rows), which it wrote into samples/failed at creation. A
-    failed sample with rows failed in a worker: its unit's record says so, and a rerun of
-    the unit (--retry-failed) replaces it."""
-    has_rows = np.bincount(root[schema.ROW_SAMPLE][:], minlength=n_samples) > 0
-    return {s: r for s, r in _annotation_failures(root, n_samples).items() if not has_rows[s]}
 
 
 def _format1_records(root: zarr.Group, n_units: int, n_samples: int) -> UnitRecords:
@@ -249,15 +243,18 @@ def _done(root: zarr.Group, records: list[dict | None] | None) -> np.ndarray:
 
 def sample_logits(root: zarr.Group) -> np.ndarray:
     """(N, C) float32: every sample's logits (NaN where not computed yet or failed)."""
-    if store_format(root) < 2:
+    if store_format(root) < 2 or COPIED_ATTRIBUTE in root.attrs:
         return root[schema.SAMPLE_LOGITS][:]
     info = root.attrs[schema.ROOT_ATTRIBUTE]
     n_samples = root[schema.SAMPLE_ID].shape[0]
     starts = owned_starts(root[schema.ROW_SAMPLE][:], int(info["shard_size"]), n_samples)
     per_unit = root[schema.UNIT_LOGITS][:]
-    out = np.full((n_samples, per_unit.shape[2]), np.nan, dtype=np.float32)
+    recorded = [r is not None for r in _records(root)]
+    # units without a record but flagged done in units/done: samples/logits holds theirs
+    out = root[schema.SAMPLE_LOGITS][:].astype(np.float32)
     for u in range(per_unit.shape[0]):
-        out[starts[u] : starts[u + 1]] = per_unit[u, : starts[u + 1] - starts[u]]
+        if recorded[u]:
+            out[starts[u] : starts[u + 1]] = per_unit[u, : starts[u + 1] - starts[u]]
     return out
 
 
@@ -272,9 +269,12 @@ def write_sample_arrays(root: zarr.Group) -> None:
     """Format 2, once every unit is done: the records copied into format 1's arrays
     (samples/logits, samples/failed and failure, units/done, host, node, pid, attempts,
     checksum), whole arrays in blocks, so that readers of those arrays see the job."""
+    if COPIED_ATTRIBUTE in root.attrs:  # a rerun after a copy: assemble anew
+        del root.attrs[COPIED_ATTRIBUTE]
     root[schema.SAMPLE_LOGITS][...] = sample_logits(root)
-    records = unit_records(root)
-    done = root[schema.UNIT_DONE][:] | np.array([r is not None for r in _records(root)])
+    texts = _records(root)  # read once: one GET per unit
+    records = unit_records(root, texts)
+    done = root[schema.UNIT_DONE][:] | np.array([r is not None for r in texts], dtype=bool)
     failed = np.zeros(root[schema.SAMPLE_ID].shape[0], dtype=bool)
     reasons = np.full(len(failed), "", dtype=object)
     for sample, reason in records.failures.items():
@@ -291,8 +291,8 @@ def write_sample_arrays(root: zarr.Group) -> None:
 
 
 def clear_failures(root: zarr.Group, samples: tuple[int, ...]) -> None:
-    """Format 1, --retry-failed: the driver's failure records of samples about to be redone
-    (finish_unit marks them again if they still fail)."""
+    """--retry-failed: the failure records of samples about to be redone (their unit's
+    new record, or in format 1 finish_unit, marks them again if they still fail)."""
     for sample in samples:
         root[schema.SAMPLE_FAILED][sample] = False
         root[schema.SAMPLE_FAILURE][sample] = ""
