@@ -66,6 +66,14 @@ def submit(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete an existing store and start over.")
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Also redo the done units holding samples whose image could not be read "
+            "(after fixing the files).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     dry_run: Annotated[
         bool,
@@ -92,7 +100,9 @@ def submit(
         run = plan_only(job, address=address, progress=not quiet, overwrite=overwrite)
         typer.echo(format_dry_run(run))
         return
-    summary = run_submit(job, address=address, overwrite=overwrite, progress=not quiet)
+    summary = run_submit(
+        job, address=address, overwrite=overwrite, progress=not quiet, retry_failed=retry_failed
+    )
     if summary.units_run == 0:
         typer.echo(f"{summary.store}: all {summary.units_total} units already done")
         return

@@ -156,3 +156,18 @@ def test_overwrite_in_a_dry_run_says_what_submit_would_delete(tmp_path):
     assert "(overwrite: the store there is deleted first)" in format_dry_run(run)
     assert run.units_pending == len(run.job.plan.units)
     assert (Path(raw["store"]["path"]) / "zarr.json").exists()  # a dry run deletes nothing
+
+
+def test_the_dry_run_says_how_big_a_shard_object_is_and_which_shard_size_fits():
+    """A heatmap shard is one object: 224 x 224 float16 at ~100 kB a row is 6.4 MB at 64
+    rows (inside 4..100 MB); 32 x 32 at 2 kB a row is 128 kB, so it proposes 16,384 rows
+    (2^14, the power of two nearest 32 MB / 2 kB = 15,625)."""
+    from heatjob.job.dryrun import shard_advice, suggested_shard_size
+
+    assert suggested_shard_size(100_352) == 256  # 32e6 / 100,352 = 319 -> 2^8
+    assert suggested_shard_size(2048) == 16384
+    assert shard_advice(64, 100_000) == (
+        "~6.4 MB per heatmap shard (one object, 64 rows); within 4.0 MB..100.0 MB"
+    )
+    text = shard_advice(64, 2000)
+    assert "~128.0 kB per heatmap shard" in text and "shard_size = 16384" in text

@@ -270,6 +270,7 @@ def test_bad_samples_are_recorded_and_the_job_finishes_the_rest(tmp_path):
     root = make_voc_folder(tmp_path / "VOC", n=14, seed=2)
     ids = (root / "ImageSets/Main/val.txt").read_text().split()
     undecodable, unparsable, outside, clipped = ids[1], ids[3], ids[4], ids[5]
+    good_jpeg = (root / "JPEGImages" / f"{undecodable}.jpg").read_bytes()
     (root / "JPEGImages" / f"{undecodable}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     xml = root / "Annotations" / f"{unparsable}.xml"
     xml.write_text(xml.read_text().replace("</object>", "</objet>", 1))
@@ -356,3 +357,23 @@ def test_bad_samples_are_recorded_and_the_job_finishes_the_rest(tmp_path):
         mass = zarr.open_group(tmp_path / "out.zarr")[f"metrics/{composite}/relevance_mass"][:]
         assert np.isnan(mass[rows_sample == bad[0]]).all()
     assert f"{n_failed_rows} rows of {len(bad)} failed samples excluded" in format_table(merged)
+
+    # the image fixed, --retry-failed redoes only the units holding it: the sample is no
+    # longer failed, its rows and logits are finite, the annotation failures stay
+    (root / "JPEGImages" / f"{undecodable}.jpg").write_bytes(good_jpeg)
+    units_before = store["units/done"].shape[0]
+    plain = heatjob("submit", str(spec), "-q")
+    assert plain.returncode == 0 and "already done" in plain.stdout, plain.stderr
+    retried = heatjob("submit", str(spec), "--workers", "1", "--retry-failed", "-q")
+    assert retried.returncode == 0, retried.stderr
+    assert f" of {units_before} units written" in retried.stdout
+    redone = int(retried.stdout.split(": ", 1)[1].split(" of ")[0])
+    assert 1 <= redone <= 2  # the unit of its rows, and the one owning its logits
+    store = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    assert np.flatnonzero(store["samples/failed"][:]).tolist() == sorted(bad[1:])
+    assert store["samples/failure"][bad[0]] == ""
+    for composite in ("EpsilonPlusFlat", "lrp-eps"):
+        assert np.isfinite(store[f"heatmaps/{composite}"][:]).all()
+    assert np.isfinite(store["samples/logits"][bad[0]]).all()
+    status = CliRunner().invoke(app, ["status", str(tmp_path / "out.zarr"), "--verify"])
+    assert "failures: 2 samples" in status.output and "check out" in status.output

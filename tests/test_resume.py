@@ -24,6 +24,7 @@ from ray_cluster import process_stats
 from typer.testing import CliRunner
 
 from heatjob.cli import app
+from heatjob.store.records import done_units
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ def kill_everything(process: subprocess.Popen) -> None:
 
 def done_count(store: Path) -> int:
     try:
-        return int(zarr.open_group(store, mode="r")["units/done"][:].sum())
+        return int(done_units(zarr.open_group(store, mode="r")).sum())
     except Exception:  # not created yet, or being created
         return 0
 
@@ -196,10 +197,9 @@ def test_same_spec_same_heatmaps_across_runs_and_worker_counts_and_verify_catche
 
 def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path):
     """SIGKILL the driver while one unit is held mid-way by its worker and others are done;
-    the rerun does only the units without a done flag, and the store equals the reference.
-
-    The rerun is also an upgrade: the killed store is made to look like one from a heatjob
-    before attempts, checksums and failures were recorded, and the rerun must add them."""
+    the rerun does only the units without a done record, and the store equals the reference.
+    The workers wrote the done units' records themselves: the killed driver wrote none, and
+    the rerun copies every unit's record into units/done, attempts and checksum."""
     spec = write_spec(tmp_path, "killed")
     store = tmp_path / "killed.zarr"
     hold = {"HEATJOB_TEST_HOLD": f"6:{tmp_path}"}
@@ -209,11 +209,11 @@ def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path
         wait_for(lambda: done_count(store) >= 4, what="4 units done")
     finally:
         kill_everything(process)
-    done_before = zarr.open_group(store, mode="r")["units/done"][:]
+    killed = zarr.open_group(store, mode="r")
+    done_before = done_units(killed)
     n_units = len(done_before)
     assert 4 <= done_before.sum() < n_units and not done_before[6]
-    for name in RECORDS:
-        shutil.rmtree(store / name)
+    assert not killed["units/done"][:].any()  # the driver writes nothing per unit
 
     result = heatjob("submit", str(spec), "--workers", "2", "-q")
     assert result.returncode == 0, result.stderr
@@ -221,12 +221,10 @@ def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path
     assert f": {missing} of {n_units} units written" in result.stdout
     got = read(store)
     assert_same_store(got, reference)
-    np.testing.assert_array_equal(got["units/attempts"], np.where(done_before, 0, 1))
+    np.testing.assert_array_equal(got["units/attempts"], np.ones(n_units))
     verify = status(str(store), "--verify")
     assert verify.exit_code == 0, verify.output
-    assert f"verify: {missing}/{missing} done units check out ({n_units - missing} without" in (
-        verify.output
-    )
+    assert f"verify: {n_units}/{n_units} done units check out" in verify.output
 
 
 def test_a_worker_killed_mid_unit_is_replaced_and_status_shows_the_retry(reference, tmp_path):
@@ -258,8 +256,11 @@ def test_a_worker_killed_mid_unit_is_replaced_and_status_shows_the_retry(referen
 def test_a_store_from_before_attempts_and_checksums_still_reads(reference, tmp_path):
     store = tmp_path / "old.zarr"
     shutil.copytree(reference["path"], store)
-    for name in RECORDS:
+    # a store of heatjob 0.1.0: format 1, no records beside the done flags
+    for name in (*RECORDS, "units/record", "units/logits"):
         shutil.rmtree(store / name)
+    root = zarr.open_group(store, mode="r+")
+    root.attrs["heatjob"] = {**root.attrs["heatjob"], "format": 1}
     n_units = len(reference["units/done"])
     result = status(str(store), "--verify")
     assert result.exit_code == 0, result.output
@@ -268,8 +269,8 @@ def test_a_store_from_before_attempts_and_checksums_still_reads(reference, tmp_p
 
 
 def test_a_unit_whose_worker_dies_every_time_stops_the_job_with_one_line(tmp_path):
-    """Killed at each of its 3 dispatches, unit 0 ends the job: one line naming it, exit 2,
-    and a store that does not claim to be complete."""
+    """Killed at each of its 3 dispatches, unit 0 is given up on: the other units run to
+    the end, then one line names it, exit 2, and the store does not claim to be complete."""
     spec = write_spec(tmp_path, "doomed")
     pid_file = tmp_path / "unit-0.pid"
     process = start(
@@ -288,6 +289,6 @@ def test_a_unit_whose_worker_dies_every_time_stops_the_job_with_one_line(tmp_pat
     assert process.returncode == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "unit 0 (rows 0-2) failed 3 times" in lines[0], stderr
-    done = zarr.open_group(tmp_path / "doomed.zarr", mode="r")["units/done"][:]
-    assert not done[0]
+    done = done_units(zarr.open_group(tmp_path / "doomed.zarr", mode="r"))
+    assert not done[0] and done[1:].all()  # the other units ran to the end
     assert "incomplete" in status(str(tmp_path / "doomed.zarr")).output

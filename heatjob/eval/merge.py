@@ -29,7 +29,8 @@ from heatjob.eval import aggregate, metrics
 from heatjob.eval.faithfulness_merge import score_curves
 from heatjob.store import schema
 from heatjob.store.layout import StoreInfo, consolidate, open_store, write_row_array
-from heatjob.store.units import done_flags, store_units
+from heatjob.store.records import done_units, sample_failures, sample_logits
+from heatjob.store.units import store_units
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -69,10 +70,11 @@ class MergeReport:
 
 
 def failed_samples(root, n_samples: int) -> np.ndarray:
-    """(N,) bool from `samples/failed` (written by submit when an input could not be read)."""
+    """(N,) bool: the samples whose input could not be read (samples/failed, or in a
+    format 2 store the units' records)."""
     if schema.SAMPLE_FAILED not in root:
         return np.zeros(n_samples, dtype=bool)
-    return np.asarray(root[schema.SAMPLE_FAILED][:], dtype=bool)
+    return sample_failures(root)
 
 
 def row_geometry(root) -> RowGeometry:
@@ -84,7 +86,7 @@ def row_geometry(root) -> RowGeometry:
     rows_sample = root[schema.ROW_SAMPLE][:]
     rows_target = root[schema.ROW_TARGET][:].astype(np.int64)
     labels = root[schema.SAMPLE_LABELS][:]
-    logits = root[schema.SAMPLE_LOGITS][:]
+    logits = sample_logits(root)
     sizes = root[schema.SAMPLE_SIZE][:]
     failed = failed_samples(root, labels.shape[0])
     box_sample = root[schema.BOX_SAMPLE][:]
@@ -333,7 +335,7 @@ def merge(
     results that its arrays do not back.
     """
     root, info = open_store(path, mode="r+")
-    done = done_flags(root)
+    done = done_units(root)
     if not done.all():
         raise HeatjobError(
             f"store {path} is not finished: {int(done.sum())} of {len(done)} units done; "

@@ -11,6 +11,7 @@ Nothing is written to the store location and no Ray is started (with
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -189,6 +190,7 @@ def format_dry_run(run: DryRun) -> str:
             f"stored ({cal.bytes_per_row:,.0f} B/row/source, measured); "
             f"other arrays <= {_bytes(run.metadata_bytes)}",
         ),
+        ("shards", shard_advice(plan.shard_size, cal.bytes_per_row)),
         (
             "estimate",
             f"~{_duration(run.start_s + run.compute_s)}: {_duration(run.compute_s)} of "
@@ -198,6 +200,31 @@ def format_dry_run(run: DryRun) -> str:
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+
+
+SHARD_TARGET_BYTES = 32e6  # an object size object stores serve well (a few MB .. ~100 MB)
+SHARD_RANGE_BYTES = (4e6, 100e6)
+
+
+def suggested_shard_size(bytes_per_row: float) -> int:
+    """A power of two of rows that puts a heatmap shard (one object) nearest 32 MB."""
+    rows = max(1.0, SHARD_TARGET_BYTES / max(bytes_per_row, 1.0))
+    return int(2 ** round(math.log2(rows)))
+
+
+def shard_advice(shard_size: int, bytes_per_row: float) -> str:
+    """The size of one heatmap shard object at this shard_size, and a shard_size that puts
+    it in the range object stores serve well, when it is outside."""
+    size = shard_size * bytes_per_row
+    text = f"~{_bytes(size)} per heatmap shard (one object, {shard_size} rows)"
+    low, high = SHARD_RANGE_BYTES
+    if low <= size <= high:
+        return text + f"; within {_bytes(low)}..{_bytes(high)}"
+    better = suggested_shard_size(bytes_per_row)
+    return (
+        text + f"; outside {_bytes(low)}..{_bytes(high)}: [run] shard_size = {better} "
+        f"gives ~{_bytes(better * bytes_per_row)} (fewer requests per heatmap)"
+    )
 
 
 def _bytes(n: float) -> str:

@@ -1,13 +1,13 @@
 """Ray at the edge: start or attach, size the worker pool, dispatch units, gather.
 
-Workers are Ray actors around `UnitWorker`: the model and explainers are built
-once per actor. Heatmaps never pass through Ray's object store; a result is a
-few kilobytes of logits and timings, which the driver writes to the store.
+Workers are Ray actors around `UnitWorker`: the model, the explainers and the open
+store are set up once per actor. Heatmaps never pass through Ray's object store;
+a worker writes its unit's records itself (store format 2), and the result the
+driver gets is a few kilobytes it only counts (or, for a format 1 store, writes).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import socket
@@ -151,17 +151,58 @@ class RayWorker:
         self.worker, self.error = None, None
         try:
             self.worker = UnitWorker(*args)
+            self.worker.node = ray.get_runtime_context().get_node_id()
         except HeatjobError as exc:
             self.error = exc
 
     def run_unit(self, *args) -> UnitResult:
         if self.error is not None:
             raise self.error
-        result = self.worker.run_unit(*args)
-        return dataclasses.replace(result, node=ray.get_runtime_context().get_node_id())
+        return self.worker.run_unit(*args)
 
 
 MAX_ATTEMPTS = 3  # dispatches of one unit before the job gives up on it
+
+
+@dataclass(frozen=True)
+class UnitFailure:
+    """A unit the job gave up on after MAX_ATTEMPTS dispatches, and the last cause."""
+
+    unit: Unit
+    cause: str
+
+    def describe(self) -> str:
+        u = self.unit
+        rows = f"rows {u.row_start}-{u.row_stop - 1}"
+        return f"unit {u.index} ({rows}) failed {MAX_ATTEMPTS} times; last: {self.cause}"
+
+
+class UnitsFailed(HeatjobError):
+    """Some units failed MAX_ATTEMPTS times; every other unit ran to the end."""
+
+    def __init__(self, failures: Sequence[UnitFailure]) -> None:
+        self.failures = list(failures)
+        more = ""
+        if len(self.failures) > 1:
+            others = ", ".join(str(f.unit.index) for f in self.failures[1:])
+            more = f" (and units {others})"
+        super().__init__(
+            f"{self.failures[0].describe()}{more}; every other unit is done: "
+            "run `heatjob submit` again to retry"
+        )
+
+
+def _cause(exc: BaseException) -> str:
+    """One line for what ended a unit: a worker's exception (its type and message), or a
+    dead worker."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        cause = exc.cause
+        text = f"{type(cause).__name__}: {cause}"
+    elif isinstance(exc, ray.exceptions.RayTaskError):
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    else:
+        text = f"its worker died ({' '.join(str(exc).split())})"
+    return " ".join(text.split())[:300]
 
 
 def run_units(
@@ -178,9 +219,13 @@ def run_units(
     """Run `units` over a pool of actors; call `on_result(result, attempts)` as each ends.
 
     heatjob re-dispatches itself rather than leaving it to Ray's task retries, so that it
-    knows how many attempts each unit took (the store records them): a worker that dies
-    is replaced by a fresh actor and its unit goes back in the queue, up to MAX_ATTEMPTS
-    dispatches. A unit rewrites its whole shard, so a retry cannot duplicate rows.
+    knows how many attempts each unit took (the store records them). Whatever ends a unit,
+    a dead worker or an exception raised in it (a CUDA out-of-memory, a bug in a method),
+    is that unit's failure: its actor is replaced by a fresh one and the unit goes back in
+    the queue, up to MAX_ATTEMPTS dispatches. A unit that fails that often is given up on,
+    the others run to the end, and then UnitsFailed names each with its cause. A unit
+    rewrites its whole shard, so a retry cannot duplicate rows. A HeatjobError raised in a
+    worker (say, a data root its node cannot see) stops the job: every unit would meet it.
     """
     actor_class = ray.remote(RayWorker).options(
         num_cpus=workers.num_cpus, num_gpus=workers.num_gpus, max_restarts=0
@@ -192,12 +237,15 @@ def run_units(
     def dispatch(actor, unit: Unit):
         rows = slice(unit.row_start, unit.row_stop)
         owned = owned_samples(unit, rows_sample, n_samples)
-        return actor.run_unit.remote(unit, rows_sample[rows], rows_target[rows], owned)
+        return actor.run_unit.remote(
+            unit, rows_sample[rows], rows_target[rows], owned, attempts[unit.index]
+        )
 
     queue = list(reversed(units))  # pop() from the end takes units in order
     idle = [new_actor() for _ in range(workers.workers)]
     attempts: dict[int, int] = {}
     running: dict = {}  # object ref -> (actor, unit)
+    given_up: list[UnitFailure] = []
     try:
         while queue or running:
             while queue and idle:
@@ -211,20 +259,32 @@ def run_units(
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, HeatjobError):
                     raise exc.cause from None
-                raise
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                if attempts[unit.index] >= MAX_ATTEMPTS:
-                    raise HeatjobError(
-                        f"unit {unit.index} (rows {unit.row_start}-{unit.row_stop - 1}) failed "
-                        f"{MAX_ATTEMPTS} times, its worker died each time; last: "
-                        f"{' '.join(str(exc).split())[:300]}"
-                    ) from None
+                _retry_or_give_up(unit, exc, attempts, queue, given_up)
+                ray.kill(actor)  # its state (GPU memory, a half-run method) is suspect
+                idle.append(new_actor())
+                continue
+            except ray.exceptions.RayError as exc:  # a dead worker, Ray's OOM killer, ...
+                _retry_or_give_up(unit, exc, attempts, queue, given_up)
                 ray.kill(actor)
                 idle.append(new_actor())
-                queue.append(unit)
                 continue
             idle.append(actor)
             on_result(result, attempts[unit.index])
     finally:
         for actor in [*idle, *(a for a, _ in running.values())]:
             ray.kill(actor)
+    if given_up:
+        raise UnitsFailed(given_up)
+
+
+def _retry_or_give_up(
+    unit: Unit,
+    exc: BaseException,
+    attempts: dict[int, int],
+    queue: list[Unit],
+    given_up: list[UnitFailure],
+) -> None:
+    if attempts[unit.index] >= MAX_ATTEMPTS:
+        given_up.append(UnitFailure(unit, _cause(exc)))
+    else:
+        queue.append(unit)

@@ -13,9 +13,10 @@ from heatjob.job.plan import Unit
 from heatjob.job.prepare import PreparedJob
 from heatjob.spec import parse_spec
 from heatjob.store import schema
-from heatjob.store.layout import StoreInfo, open_store
+from heatjob.store.layout import StoreInfo, open_store, owned_starts
 from heatjob.store.location import Location
-from heatjob.store.units import done_flags, row_samples
+from heatjob.store.records import unit_records
+from heatjob.store.units import row_samples
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class StoreState:
     pending: tuple[Unit, ...]  # the units still to run
     root: Any = None  # the open store group when resuming
     replaces: bool = False  # --overwrite: something is there and will be deleted
+    retried_samples: tuple[int, ...] = ()  # --retry-failed: the failed samples redone
 
     @property
     def resuming(self) -> bool:
@@ -35,11 +37,14 @@ class StoreState:
         return "overwrite: the store there is deleted first" if self.replaces else "new"
 
 
-def store_state(job: PreparedJob, overwrite: bool = False, mode: str = "r") -> StoreState:
+def store_state(
+    job: PreparedJob, overwrite: bool = False, mode: str = "r", retry_failed: bool = False
+) -> StoreState:
     """The state of the job's store; a store that submit must not touch is refused here
     (HeatjobError naming why). Reads only: --overwrite's delete is the caller's.
 
     mode: "r+" to get the resumed store open for writing.
+    retry_failed: also redo the done units that hold a sample whose image failed.
     """
     path, options = job.spec.store.path, job.spec.store.storage_options
     location = Location(path, options)
@@ -57,8 +62,25 @@ def store_state(job: PreparedJob, overwrite: bool = False, mode: str = "r") -> S
     except HeatjobError as exc:
         raise HeatjobError(f"{path} is not a heatjob store; not touching it ({exc})") from None
     check_same_job(job, root, info)
-    done = done_flags(root)
-    return StoreState(location, tuple(u for u in units if not done[u.index]), root)
+    records = unit_records(root)
+    redo = ~records.done
+    retried: tuple[int, ...] = ()
+    if retry_failed:
+        retried = tuple(s for s in records.failures if s not in job.failures)
+        redo[units_holding(job, retried)] = True
+    return StoreState(location, tuple(u for u in units if redo[u.index]), root, False, retried)
+
+
+def units_holding(job: PreparedJob, samples: tuple[int, ...]) -> np.ndarray:
+    """The units that explain a row of, or report the logits of, any of `samples`."""
+    plan = job.plan
+    wanted = np.zeros(len(job.sample_ids), dtype=bool)
+    wanted[list(samples)] = True
+    by_row = np.flatnonzero(wanted[plan.rows_sample]) // plan.shard_size
+    starts = owned_starts(plan.rows_sample, plan.shard_size, len(job.sample_ids))
+    by_logits = np.searchsorted(starts, np.asarray(samples, dtype=np.int64), side="right") - 1
+    found = np.union1d(by_row, by_logits).astype(np.int64)
+    return found[(found >= 0) & (found < len(plan.units))]
 
 
 def refuse_overwrite(location: Location) -> None:

@@ -20,6 +20,7 @@ from heatjob.job.worker import UnitResult
 from heatjob.spec import JobSpec, with_overrides
 from heatjob.store.layout import add_failure_records, create_store
 from heatjob.store.location import is_url
+from heatjob.store.records import clear_failures, store_format, write_sample_arrays
 from heatjob.store.units import finish_unit
 
 
@@ -46,20 +47,32 @@ def apply_options(
 
 
 def submit(
-    spec: JobSpec, *, address: str | None = None, overwrite: bool = False, progress: bool = True
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    retry_failed: bool = False,
 ) -> SubmitSummary:
-    """Run (or resume) a job; returns what was done."""
+    """Run (or resume) a job; returns what was done.
+
+    retry_failed: redo the done units holding samples whose image could not be read.
+    """
     started = time.perf_counter()
     job = prepare(spec, progress=progress)
     spec = job.spec  # with what prepare resolved against the model (Grad-CAM layers)
     path = spec.store.path
-    state = store_state(job, overwrite=overwrite, mode="r+")
+    state = store_state(job, overwrite=overwrite, mode="r+", retry_failed=retry_failed)
     if state.replaces:
         state.location.delete()
     units, pending = job.plan.units, list(state.pending)
     if state.resuming:
         add_failure_records(state.root, len(units), len(job.sample_ids), job.failures)
+        if state.retried_samples:
+            clear_failures(state.root, state.retried_samples)  # their units record them anew
         if not pending:
+            if store_format(state.root) >= 2:  # a driver killed after the last unit
+                write_sample_arrays(state.root)
             return SubmitSummary(path, len(units), 0, 0, time.perf_counter() - started, "none")
 
     started_ray = connect(address)  # first, so a wrong address leaves no new store behind
@@ -82,6 +95,9 @@ def submit(
         )
 
         def on_result(result: UnitResult, attempts: int) -> None:
+            if result.recorded:  # the worker wrote the unit's records (format 2)
+                bar.update(result.unit.n_rows)
+                return
             finish_unit(
                 root,
                 result.unit,
@@ -107,6 +123,8 @@ def submit(
                 workers,
                 on_result,
             )
+        if store_format(root) >= 2:
+            write_sample_arrays(root)  # every unit is done: their records, in blocks
     finally:
         if started_ray:
             shutdown()

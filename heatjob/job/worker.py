@@ -1,15 +1,15 @@
 """One worker: builds data set, model and LRP explainers once, then explains units.
 
 Plain Python, no Ray: the runner wraps it in a Ray actor, tests call it directly.
-A unit's heatmaps go straight into the store from here; only a small summary
-(logits of the samples the unit owns, chosen targets, timings) goes back.
+A unit's heatmaps and, in a store of format 2, all its records (logits, chosen targets,
+failures, the done record) go straight into the store from here; the driver gets a
+summary (the same facts, a few kB) to count and, for a format 1 store, to write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +27,7 @@ from heatjob.job.prefetch import prefetch
 from heatjob.models import build_model
 from heatjob.spec import JobSpec, parse_spec
 from heatjob.store.curves import write_unit_curves
-from heatjob.store.units import write_unit_heatmaps
+from heatjob.store.records import UnitWriter, done_record, this_process
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class UnitResult:
     node: str = ""  # the Ray node id, filled in by the runner's actor
     checksum: int = 0  # of the heatmaps written (store.unit_checksum)
     failures: dict[int, str] = field(default_factory=dict)  # unreadable images: sample -> reason
+    recorded: bool = False  # the worker wrote the unit's records (format 2)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -58,6 +59,8 @@ class UnitWorker:
             torch.set_num_threads(threads)
         self.spec: JobSpec = parse_spec(spec_dict, source="spec")
         self.store_path = store_path
+        self.node = ""  # the Ray node id, set by the runner's actor
+        self._writer: UnitWriter | None = None  # the store, opened at the first unit
         self.device = pick_device(self.spec.run.device)
         if self.device.type == "cuda":
             # cuDNN's autotuner may pick another convolution algorithm per run; fixed,
@@ -180,18 +183,34 @@ class UnitWorker:
                 logits = self.model(x).float().cpu().numpy()
         return {"maps": maps, "logits": logits}
 
+    @property
+    def writer(self) -> UnitWriter:
+        if self._writer is None:
+            self._writer = UnitWriter(
+                self.store_path, list(self.explainers), self.spec.store.storage_options
+            )
+        return self._writer
+
     def run_unit(
-        self, unit: Unit, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range
+        self,
+        unit: Unit,
+        rows_sample: np.ndarray,
+        rows_target: np.ndarray,
+        owned: range,
+        attempts: int = 1,
     ) -> UnitResult:
-        """Explain rows [unit.row_start, unit.row_stop); write their shards."""
+        """Explain rows [unit.row_start, unit.row_stop); write their shards and, in a
+        format 2 store, the unit's records, the done record last.
+
+        attempts: which dispatch of the unit this is (the driver counts them).
+        """
         start = time.perf_counter()
         done = self.explain(rows_sample, rows_target, owned)
         _test_hold(unit)
-        checksum = write_unit_heatmaps(
-            self.store_path, unit, done.heatmaps, self.spec.store.storage_options
-        )
+        _test_fault(unit)
+        checksum = self.writer.write_heatmaps(unit, done.heatmaps)
         if self.spec.evaluation.faithfulness:  # while the model and inputs are on the device
-            write_unit_curves(
+            write_unit_curves(  # before the done record, which covers them
                 self.store_path,
                 unit,
                 self.curves(done, rows_sample, unit.row_start),
@@ -199,16 +218,25 @@ class UnitWorker:
             )
         logits = done.logits
         owned_logits = np.stack([logits[s] for s in owned]) if len(owned) else np.zeros((0, 0))
+        owned_logits = owned_logits.astype(np.float32)
+        writer = this_process(self.node)
+        if self.writer.owns_records:
+            record = done_record(
+                writer, attempts, checksum, done.failures, time.perf_counter() - start
+            )
+            self.writer.write_records(unit, owned_logits, done.chosen_targets, record)
         return UnitResult(
             unit=unit,
             owned=owned,
-            logits=owned_logits.astype(np.float32),
+            logits=owned_logits,
             row_targets=done.chosen_targets,
             seconds=time.perf_counter() - start,
-            host=socket.gethostname(),
-            pid=os.getpid(),
+            host=writer.host,
+            pid=writer.pid,
+            node=writer.node,
             checksum=checksum,
             failures=done.failures,
+            recorded=self.writer.owns_records,
         )
 
     def curves(self, done: Explained, rows_sample: np.ndarray, row_start: int) -> dict:
@@ -288,6 +316,26 @@ def _explain_rows(explainer, x, images, targets, chunk):
     if getattr(explainer, "needs_samples", False):  # smoothgrad: noise seeded per sample
         return explainer.explain_rows(x, images, targets.astype(np.int64), samples=chunk)
     return explainer.explain_rows(x, images, targets.astype(np.int64))
+
+
+def _test_fault(unit: Unit) -> None:
+    """Tests only: HEATJOB_TEST_FAULT="<unit>:<file>" makes that unit raise RuntimeError while
+    <file> holds a count above zero, one less each time (an exception in a method, as a
+    CUDA out-of-memory would raise it)."""
+    fault = os.environ.get("HEATJOB_TEST_FAULT", "")
+    if not fault or fault.split(":", 1)[0] != str(unit.index):
+        return
+    counter = fault.split(":", 1)[1]
+    try:
+        with open(counter) as handle:
+            left = int(handle.read() or 0)
+    except FileNotFoundError:
+        return
+    if left > 0:
+        with open(counter, "w") as handle:
+            handle.write(str(left - 1))
+        raise RuntimeError(f"injected fault in unit {unit.index}")
+
 
 
 def predicted_targets(rows_sample: np.ndarray, logits: dict[int, np.ndarray]) -> np.ndarray:

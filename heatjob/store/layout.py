@@ -3,11 +3,14 @@
 Who writes what, so that no two processes ever write into one chunk or shard:
 - the driver creates every array and writes what the plan knows (samples,
   boxes, rows) before any worker starts (`create_store`);
-- a worker writes the heatmaps of its unit: exactly one shard per composite,
-  in one call per composite (heatjob.store.units);
-- the driver, as each unit's result comes back, writes the unit's logits and
-  chosen targets and then, last, the unit's done flag. A unit without its flag
-  is redone in full on resume, which rewrites the same shards.
+- a worker writes everything about its unit, each into chunks only that unit
+  owns (heatjob.store.records): its heatmap shards, the logits of the samples it
+  owns, its chosen targets, and last its done record (writer, attempts, checksum,
+  failed samples). A unit without its record is redone in full on resume;
+- once every unit is done, the driver copies the records into the per-sample
+  and per-unit arrays of format 1 (samples/logits, units/done, ...), in blocks.
+Format 1 stores (heatjob 0.2.0), where the driver wrote a unit's records as its
+result came back (heatjob.store.units.finish_unit), are still read and resumed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ class StoreInfo:
     @property
     def sources(self) -> list[str]:
         return self.composites
+
+    @property
+    def format(self) -> int:
+        return int(self.attrs["format"])
 
     @property
     def shard_size(self) -> int:
@@ -125,7 +132,8 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
     small_array(root, schema.BOX_XYXY, xyxy)
     small_array(root, schema.BOX_DIFFICULT, np.asarray(a["boxes_difficult"], dtype=bool))
     small_array(root, schema.ROW_SAMPLE, plan.rows_sample)
-    small_array(root, schema.ROW_TARGET, plan.rows_target)
+    # chunked by unit: under predicted:K the unit's worker writes its own chunk
+    small_array(root, schema.ROW_TARGET, plan.rows_target, block=plan.shard_size)
     size = spec.dataset.image_size
     for composite in spec.attribution.sources:
         root.create_array(
@@ -154,14 +162,20 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
             n_units,
             spec.evaluation.faithfulness,
         )
+    add_unit_records(root, plan, n_samples, n_classes)
     root.attrs[schema.ROOT_ATTRIBUTE] = attrs if attrs is not None else provenance(job)
     return root
 
 
 def small_array(
-    root: zarr.Group, name: str, data: np.ndarray, fill: Any = None, dtype: Any = None
+    root: zarr.Group,
+    name: str,
+    data: np.ndarray,
+    fill: Any = None,
+    dtype: Any = None,
+    block: int = _BLOCK,
 ) -> None:
-    """One of the small arrays (per sample, box, row or unit), in chunks of _BLOCK entries,
+    """One of the small arrays (per sample, box, row or unit), in chunks of `block` entries,
     with the schema's dimension names.
 
     Values that are all the fill value are not written: their chunks read as it anyway.
@@ -170,7 +184,7 @@ def small_array(
         name,
         shape=data.shape,
         dtype=dtype or data.dtype,
-        chunks=(max(1, min(_BLOCK, data.shape[0])),) + data.shape[1:],
+        chunks=(max(1, min(block, data.shape[0])),) + data.shape[1:],
         dimension_names=schema.DIMENSIONS[name],
         fill_value=fill,
     )
@@ -215,6 +229,37 @@ def failure_records(root: zarr.Group, n_units: int, n_samples: int) -> dict[str,
     return {name: root[name][:] if name in root else data for name, (data, *_) in empty.items()}
 
 
+def add_unit_records(root: zarr.Group, plan: Any, n_samples: int, n_classes: int) -> None:
+    """Format 2's arrays that a unit's worker writes, one chunk per unit: the logits of the
+    samples it owns (plan.owned_samples; padded with NaN to the most any unit owns) and its
+    done record (JSON, "" until done)."""
+    n_units = len(plan.units)
+    owned = owned_counts(plan.rows_sample, plan.shard_size, n_samples)
+    root.create_array(
+        schema.UNIT_LOGITS,
+        shape=(n_units, int(owned.max(initial=1)), n_classes),
+        dtype="float32",
+        chunks=(1, int(owned.max(initial=1)), n_classes),
+        dimension_names=schema.DIMENSIONS[schema.UNIT_LOGITS],
+        fill_value=np.nan,
+    )
+    records = np.full(n_units, "", dtype=object)
+    small_array(root, schema.UNIT_RECORD, records, fill="", dtype=str, block=1)
+
+
+def owned_starts(rows_sample: np.ndarray, shard_size: int, n_samples: int) -> np.ndarray:
+    """(U + 1,) the first sample each unit owns, and n_samples: unit u owns samples
+    starts[u] .. starts[u + 1] (heatjob.job.plan.owned_samples, for every unit at once)."""
+    starts = np.arange(0, len(rows_sample), shard_size)
+    first = np.zeros(len(starts), dtype=np.int64)
+    first[1:] = rows_sample[starts[1:] - 1] + 1
+    return np.append(first, n_samples) if len(starts) else np.zeros(1, np.int64)
+
+
+def owned_counts(rows_sample: np.ndarray, shard_size: int, n_samples: int) -> np.ndarray:
+    return np.diff(owned_starts(rows_sample, shard_size, n_samples))
+
+
 def open_store(
     path: str, mode: str = "r", storage_options: dict | None = None
 ) -> tuple[zarr.Group, StoreInfo]:
@@ -231,10 +276,10 @@ def open_store(
     attrs = root.attrs.get(schema.ROOT_ATTRIBUTE)
     if not isinstance(attrs, dict) or "spec" not in attrs:
         raise HeatjobError(f"{path} is not a heatjob store (no 'heatjob' root attribute)")
-    if attrs.get("format") != schema.STORE_FORMAT:
+    if attrs.get("format") not in schema.READABLE_FORMATS:
+        readable = ", ".join(map(str, schema.READABLE_FORMATS))
         raise HeatjobError(
-            f"{path} has store format {attrs.get('format')}, "
-            f"this heatjob reads {schema.STORE_FORMAT}"
+            f"{path} has store format {attrs.get('format')}, this heatjob reads {readable}"
         )
     return root, StoreInfo(path, dict(attrs))
 

@@ -7,7 +7,8 @@ Pure: no Zarr, no torch.
 
 from __future__ import annotations
 
-STORE_FORMAT = 1  # bumped when the layout changes incompatibly
+STORE_FORMAT = 2  # bumped when the layout changes
+READABLE_FORMATS = (1, 2)  # 1: 0.2.0, where the driver wrote the unit records
 ROOT_ATTRIBUTE = "heatjob"  # the root attribute holding provenance (version, spec, classes)
 
 GROUPS = ("samples", "boxes", "rows", "heatmaps", "units")  # made by submit
@@ -42,6 +43,9 @@ UNIT_CHECKSUM = "units/checksum"
 CURVES_DONE = "curves/done"  # the unit's curves are written
 FAITHFULNESS_ATTRIBUTE = "faithfulness"  # root attribute: the settings of the curves
 CURVE_DIMENSIONS = ("row", "step")
+# format 2: written by the worker that ran the unit, one chunk per unit
+UNIT_LOGITS = "units/logits"  # (U, P, C) the logits of the samples the unit owns
+UNIT_RECORD = "units/record"  # (U,) JSON: writer, attempts, checksum, failures; the done record
 
 HEATMAP_BOX = "heatmap_box"  # metrics/<source>/heatmap_box: the box merge took from the map
 
@@ -68,6 +72,8 @@ DIMENSIONS: dict[str, tuple[str, ...]] = {
     UNIT_ATTEMPTS: ("unit",),
     UNIT_CHECKSUM: ("unit",),
     CURVES_DONE: ("unit",),
+    UNIT_LOGITS: ("unit", "owned", "class"),
+    UNIT_RECORD: ("unit",),
 }
 HEATMAP_DIMENSIONS = ("row", "y", "x")
 

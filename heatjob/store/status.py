@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from heatjob.store import schema
-from heatjob.store.layout import failure_records, open_store
-from heatjob.store.units import done_flags, store_units
+from heatjob.store.layout import open_store
+from heatjob.store.records import unit_records
+from heatjob.store.units import store_units
 from heatjob.store.verify import verify_units
 
 
@@ -17,12 +18,11 @@ def job_status(path: str, verify: bool = False) -> dict:
     """
     root, info = open_store(path)
     units = store_units(root, info)
-    done = done_flags(root)
-    records = failure_records(root, len(units), root[schema.SAMPLE_ID].shape[0])
-    attempts = records[schema.UNIT_ATTEMPTS]
-    failed = np.flatnonzero(records[schema.SAMPLE_FAILED])
+    records = unit_records(root)
+    done, attempts = records.done, records.attempts
+    failed = list(records.failures)
     ids = root[schema.SAMPLE_ID][:] if len(failed) else []
-    reasons = records[schema.SAMPLE_FAILURE]
+    reasons = records.failures
     report = {
         "store": path,
         "units_done": int(done.sum()),
@@ -39,15 +39,14 @@ def job_status(path: str, verify: bool = False) -> dict:
         ],
     }
     if schema.UNIT_NODE in root:  # which workers wrote the finished units (not in 0.1.0 stores)
-        nodes, pids = root[schema.UNIT_NODE][:].tolist(), root[schema.UNIT_PID][:].tolist()
-        writers = set(zip(nodes, pids, strict=True))
+        writers = set(zip(records.node, records.pid.tolist(), strict=True))
         writers.discard(("", -1))
         report["writers"] = {
             "nodes": len({node for node, _ in writers}),
             "processes": len(writers),
         }
     if verify:
-        problems = verify_units(root, info)
+        problems = verify_units(root, info, records)
         report["verify"] = {
             "units_checked": int((done & (attempts > 0)).sum()),
             "units_without_checksum": int((done & (attempts == 0)).sum()),

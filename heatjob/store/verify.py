@@ -5,17 +5,19 @@ from __future__ import annotations
 import zarr
 
 from heatjob.store import schema
-from heatjob.store.layout import StoreInfo, failure_records
-from heatjob.store.units import done_flags, store_units, unit_checksum
+from heatjob.store.layout import StoreInfo
+from heatjob.store.records import UnitRecords, unit_records
+from heatjob.store.units import store_units, unit_checksum
 
 
-def verify_units(root: zarr.Group, info: StoreInfo) -> list[tuple[int, str]]:
+def verify_units(
+    root: zarr.Group, info: StoreInfo, records: UnitRecords | None = None
+) -> list[tuple[int, str]]:
     """Recompute the checksum of every done unit that has one (attempts > 0; a store from
     before checksums has none); (unit, problem) for each that does not match."""
     units = store_units(root, info)
-    records = failure_records(root, len(units), root[schema.SAMPLE_ID].shape[0])
-    checksums, attempts = records[schema.UNIT_CHECKSUM], records[schema.UNIT_ATTEMPTS]
-    done = done_flags(root)
+    records = records or unit_records(root)
+    checksums, attempts, done = records.checksum, records.attempts, records.done
     arrays = {c: root[schema.heatmaps(c)] for c in info.composites}
     problems = []
     for unit in units:

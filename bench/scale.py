@@ -1,0 +1,242 @@
+"""What one more unit costs, through the real CLI: `heatjob submit` in a subprocess.
+
+The same job (synthetic shapes, the shipped small CNN, 2 composites at 32x32, batch 4, one
+CPU worker of one torch thread) runs twice per store kind, once in many small units
+(`--small-shard` rows) and once in few large ones (`--large-shard` rows), with the same
+batches; the difference over the difference in units is the cost of one unit:
+
+- S3 requests per unit: the store on moto's S3 server on loopback, counting the requests
+  its log shows (driver and worker together);
+- wall seconds per unit beyond its compute, and the driver's CPU seconds per unit (read
+  from /proc for the CLI's own process: Ray's processes are not in it), on a local folder;
+- planning: `prepare` + `create_store` of a synthetic job of 10^4 .. `--plan-max` samples,
+  in a subprocess each (seconds, the process's peak RSS).
+
+`--code DIR` runs another checkout's heatjob (PYTHONPATH=DIR), so that one invocation of
+this file measures the code before and after a change alike.
+
+    python bench/scale.py --out bench/results [--code /path/to/other/checkout] [--label main]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "models" / "small_cnn_shapes.pt"
+COMPOSITES = ["EpsilonPlusFlat", "cmp-a2b1-flat"]
+
+
+class RequestCounter(logging.Handler):
+    """Counts the HTTP requests moto's server logs."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "HTTP/1.1" in record.getMessage():
+            self.count += 1
+
+
+def spec_toml(store: str, shard: int, samples: int, options: dict | None) -> str:
+    lines = [
+        "[dataset]",
+        'kind = "synthetic"',
+        f"num_samples = {samples}",
+        "image_size = 32",
+        "[model]",
+        'arch = "small_cnn"',
+        f'checkpoint = "{CHECKPOINT}"',
+        "num_classes = 6",
+        "[attribution]",
+        f"composites = {json.dumps(COMPOSITES)}",
+        "[store]",
+        f'path = "{store}"',
+        'dtype = "float16"',
+    ]
+    if options:
+        lines.append(f"storage_options = {_inline(options)}")
+    lines += ["[run]", "batch_size = 4", f"shard_size = {shard}", "workers = 1"]
+    return "\n".join(lines) + "\n"
+
+
+def _inline(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process, from /proc (None once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_cli(code: Path, spec: Path) -> dict:
+    """`heatjob submit SPEC -q` in a subprocess: wall seconds, the driver's CPU seconds
+    (sampled until it exits), and the units it reported."""
+    env = {**os.environ, "PYTHONPATH": str(code), "RAY_ADDRESS": ""}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "heatjob.cli", "submit", str(spec), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=code,
+    )
+    cpu = 0.0
+    while process.poll() is None:
+        cpu = cpu_seconds(process.pid) or cpu
+        time.sleep(0.05)
+    out, err = process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"heatjob submit failed ({process.returncode}): {err[-2000:]}")
+    units = int(out.split(": ", 1)[1].split(" of ")[0])
+    return {"wall_s": wall, "driver_cpu_s": cpu, "units": units}
+
+
+def per_unit(small: dict, large: dict, key: str) -> float:
+    return (small[key] - large[key]) / (small["units"] - large["units"])
+
+
+def local_runs(code: Path, base: Path, samples: int, shards: tuple[int, int]) -> dict:
+    runs = {}
+    for shard in shards:
+        spec = base / f"local-{shard}.toml"
+        spec.write_text(spec_toml(str(base / f"local-{shard}.zarr"), shard, samples, None))
+        runs[shard] = run_cli(code, spec)
+    small, large = runs[shards[0]], runs[shards[1]]
+    return {
+        "runs": {str(k): v for k, v in runs.items()},
+        "wall_s_per_unit": per_unit(small, large, "wall_s"),
+        "driver_cpu_s_per_unit": per_unit(small, large, "driver_cpu_s"),
+    }
+
+
+def s3_runs(code: Path, base: Path, samples: int, shards: tuple[int, int]) -> dict:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    counter = RequestCounter()
+    logging.getLogger("werkzeug").addHandler(counter)
+    logging.getLogger("werkzeug").setLevel(logging.INFO)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    credentials = {"aws_access_key_id": "k", "aws_secret_access_key": "s"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials).create_bucket(
+        Bucket="scale"
+    )
+    options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint}}
+    runs = {}
+    try:
+        for shard in shards:
+            spec = base / f"s3-{shard}.toml"
+            spec.write_text(spec_toml(f"s3://scale/job-{shard}.zarr", shard, samples, options))
+            counter.count = 0
+            runs[shard] = run_cli(code, spec) | {"requests": 0}
+            runs[shard]["requests"] = counter.count
+    finally:
+        server.stop()
+    small, large = runs[shards[0]], runs[shards[1]]
+    return {
+        "runs": {str(k): v for k, v in runs.items()},
+        "requests_per_unit": per_unit(small, large, "requests"),
+        "composites": len(COMPOSITES),
+    }
+
+
+PLAN_SCRIPT = """
+import json, resource, sys, time
+from heatjob.job.prepare import prepare
+from heatjob.spec import parse_spec
+from heatjob.store.layout import create_store
+n, path = int(sys.argv[1]), sys.argv[2]
+spec = parse_spec({"dataset": {"kind": "synthetic", "num_samples": n, "image_size": 32},
+    "model": {"arch": "small_cnn", "num_classes": 0},
+    "attribution": {"composites": ["EpsilonPlusFlat"]},
+    "store": {"path": path}, "run": {"shard_size": 64}}, source="bench")
+t0 = time.perf_counter(); job = prepare(spec, progress=False); t1 = time.perf_counter()
+create_store(job); t2 = time.perf_counter()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"samples": n, "rows": job.plan.n_rows, "prepare_s": t1 - t0,
+    "create_store_s": t2 - t1, "peak_rss_mb": rss}))
+"""
+
+
+def planning(code: Path, base: Path, sizes: list[int]) -> list[dict]:
+    out = []
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    for n in sizes:
+        result = subprocess.run(
+            [sys.executable, "-c", PLAN_SCRIPT, str(n), str(base / f"plan-{n}.zarr")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=code,
+            check=True,
+        )
+        out.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the heatjob checkout to run")
+    parser.add_argument("--label", default="", help="names the code in the JSON (e.g. main)")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--small-shard", type=int, default=2)
+    parser.add_argument("--large-shard", type=int, default=256)
+    parser.add_argument("--plan-max", type=int, default=100_000)
+    args = parser.parse_args()
+    shards = (args.small_shard, args.large_shard)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        result = {
+            "benchmark": "scale",
+            "code": args.label or str(args.code),
+            "at": datetime.now().isoformat(timespec="seconds"),
+            "cpus": len(os.sched_getaffinity(0)),
+            "job": {
+                "samples": args.samples,
+                "composites": COMPOSITES,
+                "shards": shards,
+                "image_size": 32,
+                "batch_size": 4,
+                "workers": 1,
+            },
+            "s3": s3_runs(args.code, base, args.samples, shards),
+            "local": local_runs(args.code, base, args.samples, shards),
+            "planning": planning(
+                args.code, base, [n for n in (10_000, 100_000, 1_000_000) if n <= args.plan_max]
+            ),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"scale-{args.label}" if args.label else "scale"
+    text = json.dumps(result, indent=2) + "\n"
+    (args.out / f"{name}-{stamp}.json").write_text(text)
+    (args.out / f"{name}-latest.json").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
