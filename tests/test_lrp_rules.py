@@ -366,7 +366,8 @@ def test_composite_names():
         for base in ("lrp-z", "lrp-eps", "lrp-a1b0", "lrp-a2b1", "cmp-a1b0", "cmp-a2b1")
         for suffix in ("", "-flat", "-zb")
     }
-    assert set(names) == zennit | {"EpsilonGammaBox"} | paper
+    transformers = {"cp-lrp"}  # LXT's torchvision ViT recipe (test_lrp_vit.py)
+    assert set(names) == zennit | {"EpsilonGammaBox"} | paper | transformers
     assert len(names) == len(set(names))  # one registration per name
 
 
@@ -424,13 +425,13 @@ class Nested(nn.Module):
 @pytest.mark.parametrize(
     ("model", "path", "kind"),
     [
-        (nn.Sequential(nn.Conv2d(3, 3, 1), nn.GELU(), *head()), "'1'", "GELU"),
+        (nn.Sequential(nn.Conv2d(3, 3, 1), nn.Softplus(), *head()), "'1'", "Softplus"),
         (Nested(Scale()), "'body.1'", "Scale"),
         (Nested(nn.Sequential(nn.Identity(), Gated())), "'body.1.1'", "sigmoid"),
         (Nested(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect")), "'body.1'", "Conv2d"),
         (nn.Sequential(nn.Flatten(), nn.LSTM(12, 4)), "'1'", "LSTM"),
     ],
-    ids=["gelu", "custom-leaf", "function", "reflect-padding", "lstm"],
+    ids=["softplus", "custom-leaf", "function", "reflect-padding", "lstm"],
 )
 def test_unsupported_layer_is_named(model, path, kind):
     for build in (ensure_supported, lambda m: Explainer(m, "EpsilonPlus")):

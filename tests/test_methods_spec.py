@@ -64,7 +64,7 @@ def test_a_changed_parameter_changes_the_job_content():
 @pytest.mark.parametrize(
     ("methods", "expected"),
     [
-        ({"m": {"kind": "occlusion"}}, "[attribution.methods.m] kind must be one of"),
+        ({"m": {"kind": "rise"}}, "[attribution.methods.m] kind must be one of"),
         ({"m": {"steps": 4}}, "[attribution.methods.m] kind is missing"),
         ({"m": "gradient"}, "[attribution.methods.m] must be a table"),
         ({"m": {"kind": "gradient", "steps": 4}}, "[attribution.methods.m] unknown key 'steps'"),

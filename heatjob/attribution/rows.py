@@ -3,6 +3,7 @@ in, the check of its row lists, and the grouping of rows into backward passes.""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,9 +16,8 @@ def check_rows(x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tens
     if x.ndim != 4:
         raise ValueError(f"expected images (n, channels, height, width), got {tuple(x.shape)}")
     # checked where the lists are (the host, from the worker), then moved: on a GPU a check
-    # of device tensors would wait for the device
-    images = torch.as_tensor(images).long()
-    targets = torch.as_tensor(targets).long()
+    # of device tensors would wait for the device (a tensor a caller gives is checked as is)
+    images, targets = (v if isinstance(v, Tensor) else np.asarray(v) for v in (images, targets))
     if images.ndim != 1 or images.shape != targets.shape:
         raise ValueError(
             f"images and targets must be two equal 1-d index lists, got shapes "
@@ -25,7 +25,7 @@ def check_rows(x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tens
         )
     if len(images) and (images.min() < 0 or images.max() >= x.shape[0]):
         raise ValueError(f"image indices must lie in [0, {x.shape[0]})")
-    return images.to(x.device), targets.to(x.device)
+    return tuple(torch.as_tensor(v).long().to(x.device) for v in (images, targets))
 
 
 def rounds(images: list[int]) -> list[list[int]]:

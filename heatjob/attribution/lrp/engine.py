@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
@@ -517,7 +518,8 @@ class LrpPass:
         x, output = self.x, self.output
         # grouped on the host where the lists come from (the worker's numpy rows): a device
         # tensor's tolist() would wait for the device
-        groups = rounds(torch.as_tensor(images).tolist())
+        host = images if isinstance(images, Tensor) else np.asarray(images)
+        groups = rounds(host.tolist())
         images, targets = check_rows(x, images, targets)
         heatmaps = torch.empty(len(images), *x.shape[2:], device=x.device)
         values = output.detach()
