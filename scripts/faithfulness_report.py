@@ -54,7 +54,7 @@ def figure(root, sources: list[str], settings: dict, path: str) -> None:
 
     steps = np.arange(settings["steps"] + 1)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = plt.get_cmap("tab10")
+    colours = plt.get_cmap("tab10" if len(sources) <= 10 else "tab20")
     for i, source in enumerate(sources):
         for order, style in (("morf", "-"), ("lerf", "--")):
             if order in settings["order"]:
