@@ -60,3 +60,18 @@ def test_lrp_composites_remove_the_logit_faster_than_the_random_order(demo):
     assert lerf_rises == 5
     single = max(demo.metrics[n]["aopc_morf"] for n in COMPOSITES[:3])
     assert min(demo.metrics[n]["aopc_morf"] for n in COMPOSITES[3:]) > single
+
+
+@pytest.mark.slow
+def test_the_baseline_methods_read_as_the_readme_says(demo):
+    """Grad-CAM about as faithful as the composites, integrated gradients between random and
+    the composites, gradient and SmoothGrad removing as much least-relevant first."""
+    m, ci = demo.metrics, demo.intervals
+    morf = [m[name]["aopc_morf"] for name in COMPOSITES]
+    assert ci["gradcam"]["aopc_morf"][0] > ci["gradcam"]["aopc_random"][1]
+    assert min(morf) - 2 < m["gradcam"]["aopc_morf"] < max(morf) + 2
+    ig = m["integrated-gradients"]
+    assert ig["aopc_random"] < ig["aopc_morf"] < min(morf)
+    for name in ("gradient", "smoothgrad"):
+        assert m[name]["aopc_lerf"] > m[name]["aopc_random"]
+        assert m[name]["aopc_lerf"] > m[name]["aopc_morf"] - 0.5
