@@ -200,6 +200,12 @@ def test_a_020_store_resumes_verifies_and_merges_like_a_new_one(tmp_path):
         if name.startswith("heatmaps/"):
             assert got[redone].tobytes() == new[redone].tobytes(), name
             assert got[~redone].tobytes() == pristine[name][:][~redone].tobytes(), name
+        if name == "samples/logits":
+            # 0.2.0 took logits from a plain forward pass; now they come from the first
+            # composite's own forward through the canonized model, whose zennit-compatible
+            # batch-norm leftovers move them by up to ~1e-3 relative
+            np.testing.assert_allclose(got, new, rtol=2e-3, atol=1e-4, err_msg=name)
+            continue
         np.testing.assert_allclose(got, new, rtol=1e-5, atol=1e-6, err_msg=name)
     result = CliRunner().invoke(app, ["status", str(old), "--verify"])
     assert "verify: 6/6 done units check out" in result.output, result.output
