@@ -97,3 +97,25 @@ def test_num_gpus_in_the_spec_is_a_non_negative_number():
         parse_spec({**base, "run": {"num_gpus": -1}})
     with pytest.raises(SpecError, match=r"\[run\] num_gpus must be a number, got True"):
         parse_spec({**base, "run": {"num_gpus": True}})
+
+
+def test_map_tasks_runs_in_ray_tasks_in_order_and_raises_heatjob_errors_as_themselves():
+    def _square_or_refuse(x: int) -> int:  # local: Ray ships it by value to the tasks
+        if x < 0:
+            raise SpecError(f"value {x} refused")
+        return x * x
+
+    started = runner.connect(None)
+    try:
+        seen = []
+        out = runner.map_tasks(
+            _square_or_refuse, list(range(7)), tasks=2, on_result=lambda i, r: seen.append((i, r))
+        )
+        assert out == [i * i for i in range(7)]
+        assert sorted(seen) == [(i, i * i) for i in range(7)]
+        assert runner.map_tasks(_square_or_refuse, [1, 2], tasks=1, keep=False) == [None, None]
+        with pytest.raises(SpecError, match="value -3 refused"):
+            runner.map_tasks(_square_or_refuse, [1, -3, 2], tasks=2)
+    finally:
+        if started:
+            runner.shutdown()

@@ -288,3 +288,47 @@ def _retry_or_give_up(
         given_up.append(UnitFailure(unit, _cause(exc)))
     else:
         queue.append(unit)
+
+
+def map_tasks(
+    fn: Callable,
+    items: Sequence,
+    tasks: int,
+    num_cpus: float = 1.0,
+    on_result: Callable[[int, object], None] | None = None,
+    keep: bool = True,
+) -> list:
+    """`[fn(item) for item in items]`, each call a Ray task, at most `tasks` running at once.
+
+    The one way heatjob spreads work that is not a unit (planning, merge) over a cluster.
+    Results come back in the order of `items`; `on_result(i, result)` is called as each
+    arrives (a progress bar, or a reduction: with `keep=False` results are not kept, so the
+    driver holds only those in flight). An exception in a
+    task is raised here (a HeatjobError as itself, so the user sees its one line).
+    Connect first (`connect`).
+    """
+    remote = ray.remote(fn).options(num_cpus=num_cpus, max_retries=2)
+    pending = list(reversed(range(len(items))))
+    running: dict = {}
+    out: list = [None] * len(items)
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, tasks):
+                i = pending.pop()
+                running[remote.remote(items[i])] = i
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            i = running.pop(ref)
+            try:
+                out[i] = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, HeatjobError):
+                    raise exc.cause from None
+                raise
+            if on_result is not None:
+                on_result(i, out[i])
+            if not keep:
+                out[i] = None
+    finally:
+        for ref in running:
+            ray.cancel(ref, force=True)
+    return out
