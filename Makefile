@@ -1,4 +1,5 @@
-# heatjob: `make precompute` runs the job specs in jobs/, `make test` runs every test.
+# heatjob: `make precompute` runs the job specs in jobs/, `make test` the quick tests,
+# `make test-slow` the slow ones (whole jobs, Ray clusters, LXT), `make test-all` both.
 # Both set up .venv from scratch first (Python 3.11+, nothing else needed).
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 JOBS ?= jobs/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint bench precompute demo-model clean
+.PHONY: install test test-fast test-slow test-all lint bench precompute demo-model clean
 
 install: $(VENV)/.installed
 
@@ -23,10 +24,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: test  # the old name of `make test`
 
 lint: install
 	$(VENV)/bin/ruff check heatjob tests bench scripts
