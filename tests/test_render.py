@@ -46,7 +46,7 @@ def test_sample_is_seeded_and_bad_rows_are_one_line_errors(store, tmp_path):
     n = zarr.open_group(str(store), mode="r")["rows/sample"].shape[0]
     with pytest.raises(HeatjobError, match=f"row {n} is out of range"):
         render(str(store), str(tmp_path), rows=[n])
-    with pytest.raises(HeatjobError, match="'nope' is not in the store"):
+    with pytest.raises(HeatjobError, match="^--composite: 'nope' is not in the store"):
         render(str(store), str(tmp_path), rows=[0], composites=["nope"])
     assert parse_rows("0,5,9-11") == [0, 5, 9, 10, 11]
     with pytest.raises(HeatjobError, match="'x' is not a row"):

@@ -164,7 +164,7 @@ def render(
     unknown = [c for c in names if c not in info.composites]
     if unknown:
         raise HeatjobError(
-            f"--composites: {unknown[0]!r} is not in the store ({', '.join(info.composites)})"
+            f"--composite: {unknown[0]!r} is not in the store ({', '.join(info.composites)})"
         )
     n_rows = root[schema.ROW_SAMPLE].shape[0]
     chosen = choose_rows(n_rows, rows, sample, seed)
