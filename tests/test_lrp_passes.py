@@ -225,3 +225,29 @@ def test_worker_runs_one_forward_per_composite_and_batch(tmp_path, targets):
     np.testing.assert_allclose(
         done.heatmaps["cmp-a2b1-flat"], maps.numpy(), rtol=1e-5, atol=1e-6 * float(maps.abs().max())
     )
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"kind": "gradient"},
+        {"kind": "integrated-gradients", "steps": 3},
+        {"kind": "smoothgrad", "samples": 3},
+        {"kind": "gradcam"},
+    ],
+    ids=lambda t: t["kind"],
+)
+def test_a_gradient_method_converts_no_tensor_to_python(table, monkeypatch):
+    """The worker's rows are numpy: grouping them into backward passes and seeding the noise
+    happen on the host, never by reading a (device) tensor back."""
+    from heatjob.attribution.registry import build_method
+
+    model = _model("resnet18")
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 40, 40)
+    method = build_method(table, model, mean=None, std=None)
+    images, targets = np.array([0, 1, 1]), np.array([2, 5, 1])
+    expected = method.explain_rows(x, images, targets)[0]
+    with _Conversions(monkeypatch):
+        maps = method.explain_rows(x, images, targets)[0]
+    torch.testing.assert_close(maps, expected, rtol=0, atol=0)

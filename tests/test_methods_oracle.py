@@ -131,9 +131,18 @@ def test_smoothgrad_is_seeded_per_sample_and_target(case):
     a, _ = sg.explain_rows(x, IMAGES, TARGETS, samples=[5, 6, 7])
     b, _ = sg.explain_rows(x, IMAGES, TARGETS, samples=[5, 6, 7])
     assert torch.equal(a, b)
-    # the same row alone, in another batch: the same noise, so the same map to round-off
-    alone, _ = sg.explain_rows(x[2:3], torch.tensor([0]), TARGETS[3:4], samples=[7])
-    assert relative(alone[0], a[3]) < STRICT
+    # the same rows with their images at other places in the batch: the same noise, so the
+    # same maps. (Another batch size is not a fair check: its convolutions round
+    # differently, and under noise one max-pool tie flipped by that round-off moves a
+    # gradient by far more than round-off on some CPUs.)
+    perm = [2, 0, 1]
+    moved, _ = sg.explain_rows(
+        x[perm],
+        torch.tensor([perm.index(i) for i in IMAGES.tolist()]),
+        TARGETS,
+        samples=[[5, 6, 7][p] for p in perm],
+    )
+    assert relative(moved, a) < STRICT
     other, _ = method(model, "smoothgrad", samples=4, noise=0.1, seed=1).explain_rows(
         x, IMAGES, TARGETS, samples=[5, 6, 7]
     )

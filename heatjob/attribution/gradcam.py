@@ -74,10 +74,10 @@ class GradCamExplainer:
         return output.clone()
 
     def explain_rows(self, x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        groups = rounds(images)
         images, targets = check_rows(x, images, targets)
         x = x.detach().to(self.dtype).requires_grad_(True)
         maps = torch.empty(len(images), *x.shape[2:], device=x.device)
-        groups = rounds(images.tolist())
         self._acts.clear()
         try:
             with torch.enable_grad():

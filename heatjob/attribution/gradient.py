@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from heatjob.attribution.registry import register_method
-from heatjob.attribution.rows import PRECISIONS, check_rows, rounds
+from heatjob.attribution.rows import PRECISIONS, check_rows, on_host, rounds
 
 
 def frozen_copy(model: nn.Module, precision: str) -> nn.Module:
@@ -30,14 +30,18 @@ def frozen_copy(model: nn.Module, precision: str) -> nn.Module:
 
 
 def seeded_gradients(
-    model: nn.Module, x: Tensor, images: Tensor, targets: Tensor, dtype: torch.dtype
+    model: nn.Module,
+    x: Tensor,
+    images: Tensor,
+    targets: Tensor,
+    groups: list[list[int]],
+    dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     """Input gradients (m, C, H, W) float32 of row k's target logit times its value (zennit's
     Gradient with attr_output = onehot * output), and the logits (n, C), from one forward
-    pass over x."""
+    pass over x; `groups`: rounds() of the rows."""
     x = x.detach().to(dtype).requires_grad_(True)
     grads = torch.empty(len(images), *x.shape[1:], device=x.device)
-    groups = rounds(images.tolist())
     with torch.enable_grad():
         logits = model(x)
         values = logits.detach()
@@ -66,8 +70,9 @@ class GradientExplainer(_GradientMethod):
         self.times_input = times_input
 
     def explain_rows(self, x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        groups = rounds(images)
         images, targets = check_rows(x, images, targets)
-        grads, logits = seeded_gradients(self.model, x, images, targets, self.dtype)
+        grads, logits = seeded_gradients(self.model, x, images, targets, groups, self.dtype)
         if self.times_input:
             grads = grads * x[images].to(self.dtype).float()
         return grads.sum(dim=1), logits
@@ -79,6 +84,7 @@ class IntegratedGradientsExplainer(_GradientMethod):
         self.steps = steps
 
     def explain_rows(self, x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        groups = rounds(images)
         images, targets = check_rows(x, images, targets)
         x = x.detach().to(self.dtype)
         baseline = torch.zeros_like(x)
@@ -87,7 +93,9 @@ class IntegratedGradientsExplainer(_GradientMethod):
         # zennit's IntegratedGradients: the right Riemann sum over alpha = 1/n ... 1
         for alpha in torch.linspace(1.0 / self.steps, 1.0, self.steps):
             path_step = baseline + alpha * (x - baseline)
-            grads, logits = seeded_gradients(self.model, path_step, images, targets, self.dtype)
+            grads, logits = seeded_gradients(
+                self.model, path_step, images, targets, groups, self.dtype
+            )
             result += grads / self.steps
         result *= (x - baseline)[images].float()
         return result.sum(dim=1), logits
@@ -114,6 +122,7 @@ class SmoothGradExplainer(_GradientMethod):
     ) -> tuple[Tensor, Tensor]:
         """`samples`: the data set index of each image of x (default: its position), which
         with the target seeds the row's noise."""
+        host = list(zip(on_host(images).tolist(), on_host(targets).tolist(), strict=True))
         images, targets = check_rows(x, images, targets)
         if samples is None:
             samples = range(x.shape[0])
@@ -122,10 +131,7 @@ class SmoothGradExplainer(_GradientMethod):
         xr = x[images]
         dims = tuple(range(1, xr.ndim))
         std = self.noise * (xr.amax(dims, keepdim=True) - xr.amin(dims, keepdim=True))
-        generators = [
-            self.generator(samples[i], t)
-            for i, t in zip(images.tolist(), targets.tolist(), strict=True)
-        ]
+        generators = [self.generator(samples[i], t) for i, t in host]
         result = torch.zeros(xr.shape, device=x.device)
         rows = torch.arange(len(images), device=x.device)
         out = None

@@ -28,12 +28,19 @@ def check_rows(x: Tensor, images: Tensor, targets: Tensor) -> tuple[Tensor, Tens
     return tuple(torch.as_tensor(v).long().to(x.device) for v in (images, targets))
 
 
-def rounds(images: list[int]) -> list[list[int]]:
+def on_host(values) -> np.ndarray:
+    """An index list as a host array. The worker's lists are numpy already; grouping rows
+    from a device tensor would wait for the device (a tensor a caller gives is copied)."""
+    return values.cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+
+
+def rounds(images) -> list[list[int]]:
     """Row positions grouped so that no image appears twice in a group (the k-th row of each
-    image goes to group k): one backward pass per group, all groups from one forward pass."""
+    image goes to group k): one backward pass per group, all groups from one forward pass.
+    `images` as the caller gave them, before check_rows moves them to the device."""
     groups: list[list[int]] = []
     seen: dict[int, int] = {}
-    for row, image in enumerate(images):
+    for row, image in enumerate(on_host(images).tolist()):
         k = seen.get(image, 0)
         seen[image] = k + 1
         if k == len(groups):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
@@ -516,10 +515,7 @@ class LrpPass:
     def relevance(self, images: Tensor, targets: Tensor) -> Tensor:
         """Heatmaps (m, H, W) of rows (images[k], targets[k]); frees the pass afterwards."""
         x, output = self.x, self.output
-        # grouped on the host where the lists come from (the worker's numpy rows): a device
-        # tensor's tolist() would wait for the device
-        host = images if isinstance(images, Tensor) else np.asarray(images)
-        groups = rounds(host.tolist())
+        groups = rounds(images)
         images, targets = check_rows(x, images, targets)
         heatmaps = torch.empty(len(images), *x.shape[2:], device=x.device)
         values = output.detach()
