@@ -6,14 +6,12 @@ only at equal torch threads per worker: one worker here runs two threads, two ru
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from test_resume import done_count, heatjob, kill_everything, start, wait_for
+from jobrun import done_count, heatjob, kill_a_worker_mid_unit, kill_the_driver_mid_job
 
 from heatjob.store.records import done_units
 
@@ -87,18 +85,7 @@ def assert_bitwise(got: dict, expected: dict) -> None:
 
 def test_a_retried_unit_gives_bitwise_the_same_smoothgrad(reference, tmp_path):
     spec = write_spec(tmp_path, "lost")
-    process = start(
-        "submit", str(spec), "--workers", "2", "-q", env={"HEATJOB_TEST_HOLD": f"2:{tmp_path}"}
-    )
-    pid_file = tmp_path / "unit-2.pid"
-    try:
-        wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="unit 2's worker")
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        _, stderr = process.communicate(timeout=300)
-    except BaseException:
-        kill_everything(process)
-        raise
-    assert process.returncode == 0, stderr
+    kill_a_worker_mid_unit(spec, tmp_path, 2, "--workers", "2")
     assert zarr.open_group(tmp_path / "lost.zarr", mode="r")["units/attempts"][2] == 2
     assert_bitwise(read(tmp_path / "lost.zarr"), reference)
 
@@ -106,14 +93,7 @@ def test_a_retried_unit_gives_bitwise_the_same_smoothgrad(reference, tmp_path):
 def test_a_resumed_job_gives_bitwise_the_same_smoothgrad(reference, tmp_path):
     spec = write_spec(tmp_path, "killed")
     store = tmp_path / "killed.zarr"
-    process = start(
-        "submit", str(spec), "--workers", "2", "-q", env={"HEATJOB_TEST_HOLD": f"5:{tmp_path}"}
-    )
-    try:
-        wait_for(lambda: (tmp_path / "unit-5.pid").exists(), what="unit 5 to start")
-        wait_for(lambda: done_count(store) >= 3, what="3 units done")
-    finally:
-        kill_everything(process)
+    kill_the_driver_mid_job(spec, tmp_path, 5, lambda: done_count(store), 3, "--workers", "2")
     done_before = done_units(zarr.open_group(store, mode="r"))  # the units' own done records
     assert 3 <= done_before.sum() < len(done_before) and not done_before[5]
 

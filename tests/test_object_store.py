@@ -10,13 +10,10 @@ merge and status, which have no spec).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import boto3
 import numpy as np
@@ -24,8 +21,10 @@ import pytest
 import ray
 import torch
 import zarr
+from jobrun import done_count, kill_the_driver_mid_job
+from jobrun import heatjob as run_cli
 from moto.server import ThreadedMotoServer
-from ray_cluster import free_port, process_stats
+from ray_cluster import free_port
 
 import heatjob
 from heatjob.errors import HeatjobError
@@ -214,18 +213,6 @@ def test_missing_bucket_and_missing_credentials_are_one_line_errors(s3, jobs):
         submit(no_secret, progress=False)
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for child, fields in process_stats().items():
-        children.setdefault(int(fields[1]), []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_driver_killed_while_writing_to_s3_then_resumed_equals_an_uninterrupted_run(
     s3, jobs, tmp_path
 ):
@@ -241,54 +228,15 @@ def test_driver_killed_while_writing_to_s3_then_resumed_equals_an_uninterrupted_
     spec_file.write_text(to_toml(spec.to_dict()))
     reference = with_overrides(spec, store={"path": f"s3://{BUCKET}/jobs/uninterrupted.zarr"})
     (tmp_path / "ref.toml").write_text(to_toml(reference.to_dict()))
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    ran = subprocess.run(
-        [*HEATJOB, "submit", str(tmp_path / "ref.toml"), "-q"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    ran = run_cli("submit", str(tmp_path / "ref.toml"), "-q")
     assert ran.returncode == 0, ran.stderr
 
-    def done() -> int:
-        try:
-            return int(
-                done_units(zarr.open_group(url, mode="r", storage_options=options(s3))).sum()
-            )
-        except Exception:  # not created yet
-            return 0
-
-    process = subprocess.Popen(
-        [*HEATJOB, "submit", str(spec_file), "-q"],
-        env={**env, "HEATJOB_TEST_HOLD": f"2:{tmp_path}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not ((tmp_path / "unit-2.pid").exists() and done() >= 2):
-            assert time.monotonic() < deadline and process.poll() is None, "no units done"
-            time.sleep(0.1)
-    finally:
-        below = _descendants(process.pid)
-        os.killpg(process.pid, signal.SIGKILL)
-        for pid in below:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        process.communicate(timeout=60)
+    kill_the_driver_mid_job(spec_file, tmp_path, 2, lambda: done_count(url, options(s3)), 2)
     store = zarr.open_group(url, mode="r", storage_options=options(s3))
     done_before = done_units(store)
     assert 2 <= done_before.sum() < len(done_before) and not done_before[2]
 
-    ran = subprocess.run(
-        [*HEATJOB, "submit", str(spec_file), "-q"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    ran = run_cli("submit", str(spec_file), "-q")
     assert ran.returncode == 0, ran.stderr
     assert f": {int((~done_before).sum())} of {len(done_before)} units written" in ran.stdout
     want = zarr.open_group(reference.store.path, mode="r", storage_options=options(s3))

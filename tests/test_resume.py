@@ -7,20 +7,24 @@ bit for bit (heatmaps, logits, targets), whatever was killed and however many wo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from ray_cluster import process_stats
+from jobrun import (
+    done_count,
+    heatjob,
+    kill_a_worker_mid_unit,
+    kill_everything,
+    kill_the_driver_mid_job,
+    start,
+    wait_for,
+)
 from typer.testing import CliRunner
 
 from heatjob.cli import app
@@ -28,7 +32,6 @@ from heatjob.store.records import done_units
 
 pytestmark = pytest.mark.slow
 
-HEATJOB = [sys.executable, "-m", "heatjob.cli"]
 CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "small_cnn_shapes.pt"
 COMPOSITES = ("EpsilonPlusFlat", "cmp-a2b1-flat")
 COMPARED = ("rows/sample", "rows/target", "samples/logits") + tuple(
@@ -70,65 +73,6 @@ def status(*args: str):
 
 
 RECORDS = ("units/attempts", "units/checksum", "samples/failed", "samples/failure")
-
-
-def heatjob(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "RAY_ADDRESS": "", **(env or {})}
-    return subprocess.run(
-        [*HEATJOB, *args], capture_output=True, text=True, env=full_env, timeout=600
-    )
-
-
-def start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """The CLI in a session of its own, so that the test can kill it with all it started."""
-    full_env = {**os.environ, "RAY_ADDRESS": "", **(env or {})}
-    return subprocess.Popen(
-        [*HEATJOB, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-        start_new_session=True,
-    )
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (Ray's raylet, GCS and workers), from /proc."""
-    children: dict[int, list[int]] = {}
-    for child, fields in process_stats().items():
-        children.setdefault(int(fields[1]), []).append(child)  # field 4: the parent's pid
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def kill_everything(process: subprocess.Popen) -> None:
-    """SIGKILL to the driver's process group and to every process it started: Ray puts its
-    workers in sessions of their own, so killing the group alone would leave them running."""
-    below = descendants(process.pid)
-    os.killpg(process.pid, signal.SIGKILL)
-    for pid in below:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    process.communicate(timeout=60)
-
-
-def done_count(store: Path) -> int:
-    try:
-        return int(done_units(zarr.open_group(store, mode="r")).sum())
-    except Exception:  # not created yet, or being created
-        return 0
-
-
-def wait_for(condition, timeout: float = 300, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def read(store: Path) -> dict[str, np.ndarray]:
@@ -202,13 +146,7 @@ def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path
     the rerun copies every unit's record into units/done, attempts and checksum."""
     spec = write_spec(tmp_path, "killed")
     store = tmp_path / "killed.zarr"
-    hold = {"HEATJOB_TEST_HOLD": f"6:{tmp_path}"}
-    process = start("submit", str(spec), "--workers", "2", "-q", env=hold)
-    try:
-        wait_for(lambda: (tmp_path / "unit-6.pid").exists(), what="unit 6 to start")
-        wait_for(lambda: done_count(store) >= 4, what="4 units done")
-    finally:
-        kill_everything(process)
+    kill_the_driver_mid_job(spec, tmp_path, 6, lambda: done_count(store), 4, "--workers", "2")
     killed = zarr.open_group(store, mode="r")
     done_before = done_units(killed)
     n_units = len(done_before)
@@ -230,18 +168,7 @@ def test_driver_killed_part_way_resumes_only_what_is_missing(reference, tmp_path
 def test_a_worker_killed_mid_unit_is_replaced_and_status_shows_the_retry(reference, tmp_path):
     spec = write_spec(tmp_path, "lost")
     store = tmp_path / "lost.zarr"
-    process = start(
-        "submit", str(spec), "--workers", "2", "-q", env={"HEATJOB_TEST_HOLD": f"2:{tmp_path}"}
-    )
-    pid_file = tmp_path / "unit-2.pid"
-    try:
-        wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="unit 2's worker")
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        _, stderr = process.communicate(timeout=300)
-    except BaseException:
-        kill_everything(process)
-        raise
-    assert process.returncode == 0, stderr
+    kill_a_worker_mid_unit(spec, tmp_path, 2, "--workers", "2")
     arrays = read(store)
     assert_same_store(arrays, reference)
     expected_attempts = np.ones_like(arrays["units/attempts"])
