@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, fx
 from torchvision.models import swin_transformer
 
-from heatjob.attribution.lrp.handlers import Handler, Rewrite, Snapshot, register_handler, unsupported
+from heatjob.attribution.lrp.handlers import (
+    Handler,
+    Rewrite,
+    Snapshot,
+    register_handler,
+    unsupported,
+)
 from heatjob.attribution.lrp.rules import stabilize
 from heatjob.attribution.lrp.transformer import EXACT_STABILIZER, _heads, _merge
 
