@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 import torchvision
+from detached import detach_ratio
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat
@@ -88,13 +89,6 @@ def _detach_output(module, inputs, output):
     return output.detach()
 
 
-def _detach_ratio(module, inputs, output):
-    z = inputs[0]
-    nonzero = z != 0
-    ratio = torch.where(nonzero, output / torch.where(nonzero, z, 1), 0)
-    return z * ratio.detach()
-
-
 def rules_as_gradients(model: nn.Module) -> nn.Module:
     """A copy of `model` whose gradient x input is LRP-0, computed by plain autograd: each
     squeeze-excitation gate is a constant (its forward value) and each hardswish / SiLU output is
@@ -106,7 +100,7 @@ def rules_as_gradients(model: nn.Module) -> nn.Module:
         if isinstance(module, GATES):
             module.register_forward_hook(_detach_output)
         elif isinstance(module, SIGNED_ACTIVATIONS):
-            module.register_forward_hook(_detach_ratio)
+            module.register_forward_hook(detach_ratio)
     return model
 
 
@@ -194,7 +188,10 @@ def test_product_of_two_feature_maps_is_unsupported():
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("shufflenet_v2_x0_5", r"stage2.0.*torch.transpose"), ("convnext_tiny", "LayerNorm2d")],
+    [
+        ("shufflenet_v2_x0_5", r"stage2.0.*torch.transpose"),
+        ("swin_v2_t", r"'features.1.0.attn' \(.* in ShiftedWindowAttentionV2\)"),
+    ],
 )
 def test_unsupported_families_name_the_module(name, kind):
     model = getattr(torchvision.models, name)(num_classes=NUM_CLASSES)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.ops import StochasticDepth
+from torchvision.ops.misc import Permute
 
 from heatjob.attribution.lrp.handlers import function_name, module_path, owner_type, plan
 from heatjob.attribution.lrp.rules import conv_padding
@@ -36,6 +37,7 @@ GRADIENT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Dropout,
     nn.Identity,
     StochasticDepth,
+    Permute,  # ConvNeXt's and Swin's channels-last <-> channels-first
 )
 RELU_FUNCTIONS: tuple[Callable, ...] = (F.relu, torch.relu)
 ADD_FUNCTIONS: tuple[Callable, ...] = (operator.add, operator.iadd, torch.add)
@@ -47,6 +49,7 @@ POOL_FUNCTIONS: tuple[Callable, ...] = (F.avg_pool2d, F.adaptive_avg_pool2d)
 # without changing it, max pooling gives it to the winner, dropout is the identity in eval mode.
 SHAPE_FUNCTIONS: tuple[Callable, ...] = (
     torch.flatten,
+    torch.permute,
     torch.cat,
     F.max_pool2d,
     torch.max_pool2d,

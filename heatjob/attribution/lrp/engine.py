@@ -88,16 +88,16 @@ class _PassFunction(torch.autograd.Function):
 
 class _ProportionalFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    def forward(ctx, fn: Callable[..., Tensor], stabilizer: float, *inputs: Tensor) -> Tensor:
         y = fn(*inputs)
         ctx.fn = fn
         ctx.inputs = inputs
-        ctx.denominator = stabilize(y, STABILIZER)
+        ctx.denominator = stabilize(y, stabilizer)
         return y
 
     @staticmethod
     def backward(ctx, r: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, *norm_relevance(ctx.fn, ctx.inputs, r, ctx.denominator))
+        return (None, None, *norm_relevance(ctx.fn, ctx.inputs, r, ctx.denominator))
 
 
 class _SumFunction(torch.autograd.Function):
@@ -158,12 +158,13 @@ class PassLayer(nn.Module):
 class ProportionalLayer(nn.Module):
     """Average pooling: relevance goes to the inputs in proportion to their contribution."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, stabilizer: float = STABILIZER) -> None:
         super().__init__()
         self.module = module
+        self.stabilizer = stabilizer
 
     def forward(self, x: Tensor) -> Tensor:
-        return _ProportionalFunction.apply(self.module, x)
+        return _ProportionalFunction.apply(self.module, self.stabilizer, x)
 
 
 def _relu(x: Tensor) -> Tensor:
@@ -219,11 +220,17 @@ def gated(features: Tensor, gate: object, *, layer: str) -> Tensor:
 
 
 def avg_pool2d_proportional(x: Tensor, *args: object, **kwargs: object) -> Tensor:
-    return _ProportionalFunction.apply(lambda t: F.avg_pool2d(t, *args, **kwargs), x)
+    def pool(t: Tensor) -> Tensor:
+        return F.avg_pool2d(t, *args, **kwargs)
+
+    return _ProportionalFunction.apply(pool, STABILIZER, x)
 
 
 def adaptive_avg_pool2d_proportional(x: Tensor, *args: object, **kwargs: object) -> Tensor:
-    return _ProportionalFunction.apply(lambda t: F.adaptive_avg_pool2d(t, *args, **kwargs), x)
+    def pool(t: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(t, *args, **kwargs)
+
+    return _ProportionalFunction.apply(pool, STABILIZER, x)
 
 
 _POOL_REPLACEMENTS = {
@@ -312,6 +319,11 @@ def check_sum(snapshot: Snapshot, node: fx.Node) -> None:
 
 
 def _check_product(snapshot: Snapshot, node: fx.Node) -> int:
+    """The features' operand index. A parameter times features (ConvNeXt's layer scale) is,
+    like a gate, a constant factor: linear in the features, which take all the relevance."""
+    constant = [isinstance(a, fx.Node) and a in snapshot.static for a in node.args]
+    if len(node.args) == 2 and not node.kwargs and constant.count(True) == 1:
+        return constant.index(False)
     return features_operand(snapshot.gm, node, snapshot.modules)
 
 
@@ -374,7 +386,7 @@ _LAYER_HANDLERS = (
         _function_kind(MUL_FUNCTIONS),
         _check_product,
         _rewrite_product,
-        label="gate x feature products (squeeze-excitation)",
+        label="gate or parameter x feature products (squeeze-excitation, layer scale)",
     ),
     Handler(
         "pooling function",

@@ -1,4 +1,6 @@
 """LRP for transformer layers: LayerNorm, self-attention, GELU (the CP-LRP rules, Ali et al. 2022).
+ConvNeXt's LayerNorm2d takes the LayerNorm rule; Swin's window attention, the attention rule
+(`swin.py`).
 
 Shared by every composite, as pass-through for ReLU is:
 
@@ -25,9 +27,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torchvision.models.convnext import LayerNorm2d
 
 from heatjob.attribution.lrp.canonizers import ADD_FUNCTIONS
-from heatjob.attribution.lrp.engine import PassLayer, check_sum, residual_sum
+from heatjob.attribution.lrp.engine import (
+    PROPORTIONAL_MODULES,
+    PassLayer,
+    ProportionalLayer,
+    check_sum,
+    residual_sum,
+)
 from heatjob.attribution.lrp.handlers import (
     Handler,
     Rewrite,
@@ -77,6 +86,14 @@ class LayerNormLayer(nn.Module):
         return _LayerNormFunction.apply(x, self.norm)
 
 
+class ChannelLayerNormLayer(LayerNormLayer):
+    """ConvNeXt's LayerNorm2d: the same rule over the channels of an (n, c, h, w) tensor (the
+    permutations around it move relevance unchanged)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 def _heads(t: Tensor, heads: int) -> Tensor:
     n, tokens, width = t.shape
     return t.view(n, tokens, heads, width // heads).transpose(1, 2)
@@ -122,10 +139,10 @@ class AttentionLayer(nn.Module):
         return _AttentionFunction.apply(query, self.attention), None
 
 
-def _module_of(types: tuple[type[nn.Module], ...]):
-    # The exact types: a subclass may normalise or attend over other dimensions (ConvNeXt's
-    # LayerNorm2d is a LayerNorm over channels of a channels-first tensor).
-    return lambda snapshot, node: type(snapshot.module(node)) in types
+def _module_of(kind: type[nn.Module]):
+    # The exact type: a subclass may normalise or attend over other dimensions (ConvNeXt's
+    # LayerNorm2d is a LayerNorm over channels of a channels-first tensor: an entry of its own).
+    return lambda snapshot, node: type(snapshot.module(node)) is kind
 
 
 def _check_norm(snapshot: Snapshot, node: fx.Node) -> nn.LayerNorm:
@@ -161,6 +178,10 @@ def _check_attention(snapshot: Snapshot, node: fx.Node) -> nn.MultiheadAttention
     return attention
 
 
+def _the_module(snapshot: Snapshot, node: fx.Node) -> nn.Module:
+    return snapshot.module(node)
+
+
 def _swap(wrap):
     def rewrite(context: Rewrite, node: fx.Node, module: nn.Module) -> None:
         context.swap(str(node.target), wrap(module))
@@ -168,42 +189,34 @@ def _swap(wrap):
     return rewrite
 
 
-register_handler(
-    Handler(
-        "layer norm",
-        _module_of((nn.LayerNorm,)),
-        _check_norm,
-        _swap(LayerNormLayer),
-        label="LayerNorm",
-    )
-)
-register_handler(
-    Handler(
+# One entry per module kind: (handler name, exact module type, check, the module with its rule,
+# what a refusal lists as supported).
+_MODULE_RULES = (
+    ("layer norm", nn.LayerNorm, _check_norm, LayerNormLayer, "LayerNorm"),
+    ("channel layer norm", LayerNorm2d, _check_norm, ChannelLayerNormLayer, "LayerNorm2d"),
+    (
         "self-attention",
-        _module_of((nn.MultiheadAttention,)),
+        nn.MultiheadAttention,
         _check_attention,
-        _swap(AttentionLayer),
-        label="MultiheadAttention (self-attention)",
-    )
+        AttentionLayer,
+        "MultiheadAttention (self-attention)",
+    ),
+    ("gelu", nn.GELU, _the_module, PassLayer, "GELU"),
 )
-register_handler(
-    Handler(
-        "gelu",
-        _module_of((nn.GELU,)),
-        lambda snapshot, node: snapshot.module(node),
-        _swap(PassLayer),
-        label="GELU",
-    )
-)
-
+for _name, _kind, _check, _wrap, _label in _MODULE_RULES:
+    register_handler(Handler(_name, _module_of(_kind), _check, _swap(_wrap), label=_label))
 
 TRANSFORMER_LAYERS = (nn.LayerNorm, nn.MultiheadAttention)
+
+
+def _in_transformer(snapshot: Snapshot) -> bool:
+    return any(isinstance(m, TRANSFORMER_LAYERS) for m in snapshot.modules.values())
 
 
 def _token_sum(snapshot: Snapshot, node: fx.Node) -> bool:
     if node.op != "call_function" or node.target not in ADD_FUNCTIONS or node in snapshot.static:
         return False
-    return any(isinstance(m, TRANSFORMER_LAYERS) for m in snapshot.modules.values())
+    return _in_transformer(snapshot)
 
 
 def _rewrite_token_sum(context: Rewrite, node: fx.Node, decision: object) -> None:
@@ -211,6 +224,13 @@ def _rewrite_token_sum(context: Rewrite, node: fx.Node, decision: object) -> Non
     node.kwargs = {"stabilizer": EXACT_STABILIZER}
 
 
+def _token_pool(snapshot: Snapshot, node: fx.Node) -> bool:
+    return isinstance(snapshot.module(node), PROPORTIONAL_MODULES) and _in_transformer(snapshot)
+
+
+# In a model with transformer layers the residual sums and average pooling (Swin's and ConvNeXt's
+# head) take the exact denominator too: pooling's 1e-6 alone moves ConvNeXt-T's LRP-0 heatmaps by
+# about 1e-4 of their maximum away from the gradient x input formulation.
 register_handler(
     Handler(
         "transformer residual sum",
@@ -218,6 +238,16 @@ register_handler(
         check_sum,
         _rewrite_token_sum,
         label="residual sums of two tensors",
+    ),
+    first=True,
+)
+register_handler(
+    Handler(
+        "transformer average pooling",
+        _token_pool,
+        _the_module,
+        _swap(lambda module: ProportionalLayer(module, EXACT_STABILIZER)),
+        label="AvgPool2d, AdaptiveAvgPool2d",
     ),
     first=True,
 )
