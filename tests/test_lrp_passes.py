@@ -43,9 +43,7 @@ def _signs(arch: str, composite: str) -> dict:
     gm = canonize(_model(arch), zennit_leftovers=get_composite(composite).zennit_compatible)
     rules = get_composite(composite)
     roles = {s.node: s.decision for s in plan(gm) if s.handler.name == "gate product"}
-    return layer_signs(
-        gm, lambda path: rules.rule_for(gm.get_submodule(path), False, path), roles
-    )
+    return layer_signs(gm, lambda path: rules.rule_for(gm.get_submodule(path), False, path), roles)
 
 
 def test_signs_proven_where_the_graph_shows_them():

@@ -10,7 +10,6 @@ import copy
 
 import pytest
 import torch
-from test_lrp_zennit import HIGH, LOW, MEAN, NUM_CLASSES, STD, STRICT, build
 from zennit.attribution import Gradient
 from zennit.composites import (
     EpsilonGammaBox,
@@ -23,6 +22,7 @@ from zennit.composites import (
 from zennit.rules import Epsilon, Flat, Gamma
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Convolution, Linear
+from zennit_models import HIGH, LOW, MEAN, NUM_CLASSES, STD, STRICT, build
 
 from heatjob.attribution.registry import build_method
 from heatjob.errors import SpecError
@@ -141,9 +141,7 @@ def test_zbox_bounds_equal_zennit_zbox_with_the_same_bounds(case, low, high):
     def bound(value):
         return torch.tensor(value).view(1, 3, 1, 1) if isinstance(value, list) else value
 
-    reference = zennit(
-        model, x, EpsilonGammaBox(bound(low), bound(high), canonizers=[canonizer])
-    )
+    reference = zennit(model, x, EpsilonGammaBox(bound(low), bound(high), canonizers=[canonizer]))
     diff = relative(maps, reference)
     print(f"lrp zbox low {low} high {high} on {name}: {diff:.2e}")
     assert diff < STRICT

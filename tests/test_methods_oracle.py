@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from test_lrp_zennit import build, randomize
 from torch import nn
 from zennit.attribution import Gradient, IntegratedGradients, Occlusion, SmoothGrad
+from zennit_models import build, randomize
 
 from heatjob.attribution.gradcam import default_layer
 from heatjob.attribution.registry import build_method

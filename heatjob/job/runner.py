@@ -257,8 +257,7 @@ def run_units(
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, HeatjobError):
-                    raise exc.cause from None
+                _raise_user_error(exc)
                 _retry_or_give_up(unit, exc, attempts, queue, given_up)
                 ray.kill(actor)  # its state (GPU memory, a half-run method) is suspect
                 idle.append(new_actor())
@@ -275,6 +274,13 @@ def run_units(
             ray.kill(actor)
     if given_up:
         raise UnitsFailed(given_up)
+
+
+def _raise_user_error(exc: ray.exceptions.RayTaskError) -> None:
+    """A HeatjobError raised in a task or actor is the user's input at fault (a path, a key):
+    raised as itself, so the user sees its one line, and never retried."""
+    if isinstance(exc.cause, HeatjobError):
+        raise exc.cause from None
 
 
 def _retry_or_give_up(
@@ -301,10 +307,11 @@ def map_tasks(
     """`[fn(item) for item in items]`, each call a Ray task, at most `tasks` running at once.
 
     The one way heatjob spreads work that is not a unit (planning, merge) over a cluster.
-    Results come back in the order of `items`; `on_result(i, result)` is called as each
-    arrives (a progress bar, or a reduction: with `keep=False` results are not kept, so the
-    driver holds only those in flight). An exception in a
-    task is raised here (a HeatjobError as itself, so the user sees its one line).
+    The returned list is in the order of `items`; `on_result(i, result)` is called in the
+    order tasks finish, which is not that order (a progress bar, or a reduction that does not
+    depend on order: with `keep=False` results are not kept, so the driver holds only those
+    in flight). An exception in a task is raised here (a HeatjobError as itself, so the user
+    sees its one line); the tasks still running are cancelled.
     Connect first (`connect`).
     """
     remote = ray.remote(fn).options(num_cpus=num_cpus, max_retries=2)
@@ -321,8 +328,7 @@ def map_tasks(
             try:
                 out[i] = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, HeatjobError):
-                    raise exc.cause from None
+                _raise_user_error(exc)
                 raise
             if on_result is not None:
                 on_result(i, out[i])

@@ -337,7 +337,6 @@ def _test_fault(unit: Unit) -> None:
         raise RuntimeError(f"injected fault in unit {unit.index}")
 
 
-
 def predicted_targets(rows_sample: np.ndarray, logits: dict[int, np.ndarray]) -> np.ndarray:
     """predicted:K — the k-th row of a sample explains its k-th highest logit.
 
