@@ -131,7 +131,7 @@ def test_small_vit_equals_lxt_attnlrp(tmp_path):
     assert _against_lxt(tmp_path, TINY_VIT) <= 1e-5
 
 
-@pytest.mark.slow  # about 40 s on two cores
+@pytest.mark.slow  # 40-60 s on two shared cores
 def test_vit_b_16_equals_lxt_attnlrp(tmp_path):
     """As above on vit_b_16's configuration at 64 px, random weights."""
     assert _against_lxt(tmp_path, VIT_B_16) <= 1e-5
