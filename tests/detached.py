@@ -54,13 +54,14 @@ _LAYER_NORM, _GELU, _SOFTMAX = F.layer_norm, F.gelu, F.softmax
 
 
 @contextmanager
-def detached_rules() -> Iterator[None]:
+def detached_rules(constant_softmax: bool = True) -> Iterator[None]:
     """Within: F.layer_norm with its std constant, F.gelu with gelu(z)/z constant, F.softmax
-    constant, for every module that calls them (torchvision's LayerNorm, LayerNorm2d, GELU, Swin's
-    window attention). nn.MultiheadAttention calls no F.softmax: the ViT test detaches its
-    queries and keys instead."""
+    constant (unless `constant_softmax` is False), for every module that calls them
+    (torchvision's LayerNorm, LayerNorm2d, GELU, Swin's window attention). nn.MultiheadAttention
+    calls no F.softmax: the ViT test detaches its queries and keys instead."""
     patches = {"layer_norm": constant_std_layer_norm, "gelu": _constant_ratio_gelu}
-    patches["softmax"] = _constant_softmax
+    if constant_softmax:
+        patches["softmax"] = _constant_softmax
     try:
         for name, function in patches.items():
             setattr(F, name, function)

@@ -366,7 +366,8 @@ def test_composite_names():
         for base in ("lrp-z", "lrp-eps", "lrp-a1b0", "lrp-a2b1", "cmp-a1b0", "cmp-a2b1")
         for suffix in ("", "-flat", "-zb")
     }
-    transformers = {"cp-lrp"}  # LXT's torchvision ViT recipe (test_lrp_vit.py)
+    # LXT's torchvision ViT recipe (test_lrp_vit.py), and with AttnLRP (test_lrp_attnlrp.py)
+    transformers = {"cp-lrp", "attnlrp"}
     assert set(names) == zennit | {"EpsilonGammaBox"} | paper | transformers
     assert len(names) == len(set(names))  # one registration per name
 

@@ -165,7 +165,11 @@ class LrpOptions:
         conv = build_rule(self.conv) if self.conv else base.conv
         linear = build_rule(self.linear) if self.linear else base.linear
         first = build_rule(self.first) if self.first else (base.first if base else None)
-        kwargs = {"first_types": base.first_types} if base is not None else {}
+        kwargs = (
+            {"first_types": base.first_types, "attention": base.attention}
+            if base is not None
+            else {}
+        )
         layers = tuple((path, build_rule(table)) for path, table in self.layers.items())
         return Composite(
             name,

@@ -20,6 +20,9 @@ from heatjob.errors import SpecError
 # presets (LRPSequentialCompositeA/B), the implementation family the paper's strategies come from.
 PAPER_EPSILON = 0.1
 
+# Self-attention's rules (transformer.py): CP-LRP, queries and keys constant, or AttnLRP.
+ATTENTION_RULES = ("cp", "attnlrp")
+
 SHARED_RULES = "avgpool/residual sum: norm; relu/batch norm: pass; max-pool: winner-takes-all"
 
 
@@ -38,6 +41,14 @@ class Composite:
     zennit_compatible: bool = False
     # per module path, over the roles (an lrp method's `layers`)
     layers: tuple[tuple[str, Rule], ...] = ()
+    # self-attention's rule, one of ATTENTION_RULES
+    attention: str = "cp"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_RULES:
+            known = ", ".join(ATTENTION_RULES)
+            why = f"attention {self.attention!r}; known: {known}"
+            raise ValueError(f"composite {self.name!r}: {why}")
 
     def rule_for(self, layer: nn.Module, is_first: bool, path: str = "") -> Rule:
         for name, rule in self.layers:
@@ -57,6 +68,8 @@ class Composite:
             parts.append(f"{where}: {first}")
         parts.append(f"conv: {self.conv.describe()}")
         parts.append(f"linear: {self.linear.describe()}")
+        if self.attention == "attnlrp":
+            parts.append("attention: AttnLRP (softmax: Taylor rule; matmuls: uniform epsilon)")
         return "; ".join(parts) + "; " + SHARED_RULES
 
 
@@ -119,3 +132,10 @@ for _name, (_conv, _linear) in _PAPER.items():
 # and on the MLP and head linear layers; the attention projections follow LRP-0 inside the
 # attention rule). The transformer layers' own rules are shared by every composite.
 register(Composite("cp-lrp", conv=Gamma(0.25), linear=Gamma(0.05)))
+
+# AttnLRP (Achtibat et al. 2024) in the attention: relevance through the softmax (its Taylor rule)
+# and both matmuls (epsilon, split evenly between their operands) to queries, keys and values.
+# LXT 2.1 ships no AttnLRP recipe for torchvision's ViT (its ViT map holds queries and keys
+# constant), so the conv and linear rules are those of its ViT recipe above, gamma against the
+# noise of ViT heatmaps (the paper's appendix A.2.3): the two presets differ in attention alone.
+register(Composite("attnlrp", conv=Gamma(0.25), linear=Gamma(0.05), attention="attnlrp"))

@@ -1,9 +1,11 @@
 """Swin Transformer (torchvision's V1: swin_t, swin_s, swin_b): window attention and patch merging
 with the transformer rules of `transformer.py`.
 
-- Window attention takes the self-attention rule (CP-LRP): within each window the softmax
-  weights, relative position bias and shift mask included, are constants for relevance, and
-  relevance follows LRP-0 through the value and output projections.
+- Window attention takes the composite's self-attention rule. CP-LRP (every composite but
+  `attnlrp`): within each window the softmax weights, relative position bias and shift mask
+  included, are constants for relevance, and relevance follows LRP-0 through the value and output
+  projections. AttnLRP (`attnlrp`): relevance also reaches queries and keys through the softmax
+  (`transformer.attnlrp_grads`); the position bias and the shift mask keep their share.
 - Padding to whole windows, the cyclic shift (torch.roll), the window partition and its reverse,
   and patch merging's pad, strided slices and concatenation only move values (or add zeros that
   get none): their gradient moves relevance with them, unchanged.
@@ -29,37 +31,47 @@ from heatjob.attribution.lrp.handlers import (
     unsupported,
 )
 from heatjob.attribution.lrp.rules import stabilize
-from heatjob.attribution.lrp.transformer import EXACT_STABILIZER, _heads, _merge
+from heatjob.attribution.lrp.transformer import EXACT_STABILIZER, _heads, _merge, attnlrp_grads
 
 # torchvision's mask value between tokens of different regions of a shifted window
 _SHIFT_MASK = -100.0
 
 
 class _WindowAttentionFunction(torch.autograd.Function):
-    """Attention within windows (n windows, tokens, channels), its softmax weights constant for
-    relevance: the rule of `transformer._AttentionFunction` with Swin's packed projections."""
+    """Attention within windows (n windows, tokens, channels) under the rules of
+    `transformer._AttentionFunction` with Swin's packed projections: "cp", its softmax weights
+    constant for relevance, or "attnlrp" (the position bias and shift mask keep their share)."""
 
     @staticmethod
-    def forward(ctx, x, qkv_weight, qkv_bias, proj_weight, proj_bias, position_bias, mask, heads):
+    def forward(
+        ctx, x, qkv_weight, qkv_bias, proj_weight, proj_bias, position_bias, mask, heads, rule
+    ):
         width = x.shape[-1]
         qkv = F.linear(x, qkv_weight, qkv_bias).split(width, -1)
         q, k, v = (_heads(t, heads) for t in qkv)
-        logits = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1) + position_bias
+        scale = (width // heads) ** -0.5
+        logits = (q * scale) @ k.transpose(-2, -1) + position_bias
         if mask is not None:  # (windows, tokens, tokens), the same for every image
             by_image = logits.view(-1, mask.shape[0], *logits.shape[1:])
             logits = (by_image + mask.unsqueeze(1).unsqueeze(0)).view(logits.shape)
         weights = torch.softmax(logits, dim=-1)
         y = F.linear(_merge(weights @ v), proj_weight, proj_bias)
-        ctx.x, ctx.weights, ctx.heads = x, weights, heads
+        ctx.x, ctx.weights, ctx.heads, ctx.rule = x, weights, heads, rule
+        if rule == "attnlrp":
+            ctx.qkv, ctx.scale, ctx.qkv_weight = (q, k, v), scale, qkv_weight
         ctx.proj_weight, ctx.value_weight = proj_weight, qkv_weight[2 * width :]
         ctx.denominator = stabilize(y, EXACT_STABILIZER)
         return y
 
     @staticmethod
     def backward(ctx, r: Tensor):
-        grad = (r / ctx.denominator) @ ctx.proj_weight
-        grad = _merge(ctx.weights.transpose(-2, -1) @ _heads(grad, ctx.heads))
-        return ctx.x * (grad @ ctx.value_weight), *([None] * 7)
+        grad = _heads((r / ctx.denominator) @ ctx.proj_weight, ctx.heads)
+        if ctx.rule == "attnlrp":
+            grads = attnlrp_grads(grad, *ctx.qkv, ctx.weights, ctx.scale)
+            grad_x = torch.cat([_merge(g) for g in grads], -1) @ ctx.qkv_weight
+            return ctx.x * grad_x, *([None] * 8)
+        grad = _merge(ctx.weights.transpose(-2, -1) @ grad)
+        return ctx.x * (grad @ ctx.value_weight), *([None] * 8)
 
 
 def _shift_mask(height: int, width: int, window: list[int], shift: list[int], like: Tensor):
@@ -101,9 +113,11 @@ def window_attention(
     proj_bias: Tensor | None = None,
     logit_scale: Tensor | None = None,
     training: bool = False,
+    rule: str = "cp",
 ) -> Tensor:
     """torchvision's shifted_window_attention (V1) in eval mode (no dropout), same signature,
-    whose attention hands relevance back by the CP-LRP rule."""
+    whose attention hands relevance back by `rule` (the composite's attention: "cp", CP-LRP, or
+    "attnlrp")."""
     n, height, width, _ = input.shape
     pad_w = (window_size[1] - width % window_size[1]) % window_size[1]
     pad_h = (window_size[0] - height % window_size[0]) % window_size[0]
@@ -124,6 +138,7 @@ def window_attention(
         relative_position_bias,
         mask,
         num_heads,
+        rule,
     )
     x = _unwindows(y, window_size, n, *padded)
     if shifted:
@@ -147,6 +162,8 @@ def _check_window_attention(snapshot: Snapshot, node: fx.Node) -> None:
 
 def _rewrite_window_attention(context: Rewrite, node: fx.Node, decision: object) -> None:
     node.target = window_attention
+    if context.composite.attention != "cp":
+        node.kwargs = {**node.kwargs, "rule": context.composite.attention}
 
 
 def _function(target: object):

@@ -1,4 +1,5 @@
-"""LRP for transformer layers: LayerNorm, self-attention, GELU (the CP-LRP rules, Ali et al. 2022).
+"""LRP for transformer layers: LayerNorm, self-attention, GELU (the CP-LRP rules, Ali et al. 2022,
+and AttnLRP's attention).
 ConvNeXt's LayerNorm2d takes the LayerNorm rule; Swin's window attention, the attention rule
 (`swin.py`).
 
@@ -6,9 +7,12 @@ Shared by every composite, as pass-through for ReLU is:
 
 - LayerNorm with its standard deviation held constant: y = (x - mean x) / std * w + b is then
   linear in x, and relevance follows LRP-0 through that map (the bias keeps its share).
-- Self-attention with queries and keys held constant: the softmax weights A are constants, the
-  layer is out_proj(A · value_proj(x)), linear in x, and relevance follows LRP-0 through the
-  value and output projections (the attention projections take no composite rule).
+- Self-attention by the composite's `attention` rule. "cp" (CP-LRP, every composite but
+  `attnlrp`): queries and keys held constant, the softmax weights A are constants, the layer is
+  out_proj(A · value_proj(x)), linear in x, and relevance follows LRP-0 through the value and
+  output projections. "attnlrp" (AttnLRP, Achtibat et al. 2024): relevance also flows through the
+  softmax (its Taylor rule) and both matmuls (epsilon, half to each operand) to the queries and
+  keys (`attnlrp_grads`). Either way the attention projections take no composite rule (LRP-0).
 - GELU passes relevance through; residual sums split it in proportion to their operands; the
   class token and the position embedding are parameters: what reaches them stays there.
 
@@ -30,6 +34,7 @@ from torch import Tensor, fx, nn
 from torchvision.models.convnext import LayerNorm2d
 
 from heatjob.attribution.lrp.canonizers import ADD_FUNCTIONS
+from heatjob.attribution.lrp.composites import ATTENTION_RULES
 from heatjob.attribution.lrp.engine import (
     PROPORTIONAL_MODULES,
     PassLayer,
@@ -106,37 +111,71 @@ def _merge(t: Tensor) -> Tensor:
 
 class _AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, attention: nn.MultiheadAttention) -> Tensor:
+    def forward(ctx, x: Tensor, attention: nn.MultiheadAttention, rule: str = "cp") -> Tensor:
         width, heads = attention.embed_dim, attention.num_heads
         q, k, v = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).split(width, -1)
         q, k, v = (_heads(t, heads) for t in (q, k, v))
-        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(width // heads), dim=-1)
+        root = math.sqrt(width // heads)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / root, dim=-1)
         out_proj = attention.out_proj
         y = F.linear(_merge(weights @ v), out_proj.weight, out_proj.bias)
-        ctx.x, ctx.weights, ctx.attention = x, weights, attention
+        ctx.x, ctx.weights, ctx.attention, ctx.rule = x, weights, attention, rule
+        if rule == "attnlrp":
+            ctx.qkv, ctx.scale = (q, k, v), 1 / root
         ctx.denominator = stabilize(y, EXACT_STABILIZER)
         return y
 
     @staticmethod
-    def backward(ctx, r: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, r: Tensor) -> tuple[Tensor, None, None]:
         attention = ctx.attention
-        width = attention.embed_dim
-        grad = (r / ctx.denominator) @ attention.out_proj.weight
-        grad = _merge(ctx.weights.transpose(-2, -1) @ _heads(grad, attention.num_heads))
+        width, heads = attention.embed_dim, attention.num_heads
+        grad = _heads((r / ctx.denominator) @ attention.out_proj.weight, heads)
+        if ctx.rule == "attnlrp":
+            grads = attnlrp_grads(grad, *ctx.qkv, ctx.weights, ctx.scale)
+            grad_x = torch.cat([_merge(g) for g in grads], -1) @ attention.in_proj_weight
+            return ctx.x * grad_x, None, None
+        grad = _merge(ctx.weights.transpose(-2, -1) @ grad)
         value_weight = attention.in_proj_weight[2 * width :]
-        return ctx.x * (grad @ value_weight), None
+        return ctx.x * (grad @ value_weight), None, None
+
+
+def attnlrp_grads(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, weights: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """AttnLRP (Achtibat et al. 2024) from the heads' outputs O = softmax(s) V, s = scale q kᵀ
+    (+ constants), back to q, k and v, as relevance / input (what x ⊙ · turns into relevance).
+
+    Each matmul of two variable operands takes the epsilon rule split evenly between them (the
+    uniform rule): R_a = a ⊙ ((R / 2z) bᵀ), so with R = z ⊙ g, half the gradient reaches each
+    operand. The softmax takes the Taylor rule at its input, R_s = s ⊙ (R_A - A ⊙ Σ R_A), which
+    with R_A = A ⊙ g is s ⊙ (the softmax's own gradient of g): no denominator there at all. A
+    constant added to s (Swin's position bias and shift mask) keeps its share s_c ⊙ g_s.
+    """
+    grad_weights = 0.5 * (grad @ v.transpose(-2, -1))
+    grad_v = 0.5 * (weights.transpose(-2, -1) @ grad)
+    grad_logits = weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
+    grad_q = (0.5 * scale) * (grad_logits @ k)
+    grad_k = (0.5 * scale) * (grad_logits.transpose(-2, -1) @ q)
+    return grad_q, grad_k, grad_v
 
 
 class AttentionLayer(nn.Module):
-    """Self-attention (MultiheadAttention, batch first) whose queries and keys are constants for
-    relevance; returns (output, None) as the module does with need_weights=False."""
+    """Self-attention (MultiheadAttention, batch first) under an attention rule: "cp" (CP-LRP,
+    queries and keys constant for relevance) or "attnlrp" (relevance through the softmax and both
+    matmuls to queries, keys and values); returns (output, None) as the module does with
+    need_weights=False."""
 
-    def __init__(self, attention: nn.MultiheadAttention) -> None:
+    def __init__(self, attention: nn.MultiheadAttention, rule: str = "cp") -> None:
         super().__init__()
-        self.attention = attention
+        if rule not in ATTENTION_RULES:
+            raise ValueError(f"attention rule {rule!r}; known: {', '.join(ATTENTION_RULES)}")
+        self.attention, self.rule = attention, rule
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, **kwargs: object):
-        return _AttentionFunction.apply(query, self.attention), None
+        return _AttentionFunction.apply(query, self.attention, self.rule), None
+
+    def extra_repr(self) -> str:
+        return f"rule={self.rule}"
 
 
 def _module_of(kind: type[nn.Module]):
@@ -182,6 +221,10 @@ def _the_module(snapshot: Snapshot, node: fx.Node) -> nn.Module:
     return snapshot.module(node)
 
 
+def _rewrite_attention(context: Rewrite, node: fx.Node, attention: nn.MultiheadAttention) -> None:
+    context.swap(str(node.target), AttentionLayer(attention, context.composite.attention))
+
+
 def _swap(wrap):
     def rewrite(context: Rewrite, node: fx.Node, module: nn.Module) -> None:
         context.swap(str(node.target), wrap(module))
@@ -198,13 +241,14 @@ _MODULE_RULES = (
         "self-attention",
         nn.MultiheadAttention,
         _check_attention,
-        AttentionLayer,
+        None,  # the composite's attention rule (_rewrite_attention)
         "MultiheadAttention (self-attention)",
     ),
     ("gelu", nn.GELU, _the_module, PassLayer, "GELU"),
 )
 for _name, _kind, _check, _wrap, _label in _MODULE_RULES:
-    register_handler(Handler(_name, _module_of(_kind), _check, _swap(_wrap), label=_label))
+    _rewrite = _rewrite_attention if _wrap is None else _swap(_wrap)
+    register_handler(Handler(_name, _module_of(_kind), _check, _rewrite, label=_label))
 
 TRANSFORMER_LAYERS = (nn.LayerNorm, nn.MultiheadAttention)
 
