@@ -124,7 +124,7 @@ def test_a_task_carries_only_its_own_rows(tmp_path):
     assert os.path.isabs(work[0].path)
 
 
-def test_workers_below_one_is_one_line_and_leaves_the_results(tmp_path):
+def test_workers_below_one_and_a_dead_address_are_one_line_and_leave_the_results(tmp_path):
     path = tmp_path / "s.zarr"
     make_store(path, n_samples=8)
     merge_module.merge(str(path), progress=False, resamples=0)
@@ -132,6 +132,12 @@ def test_workers_below_one_is_one_line_and_leaves_the_results(tmp_path):
     result = run("merge", str(path), "--workers", "0", "--quiet")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "heatjob: error: --workers must be at least 1, got 0"
+    assert without_time(zarr.open_group(str(path), mode="r").attrs) == before
+    result = run("merge", str(path), "--address", "127.0.0.1:1", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "heatjob: error: cannot reach the Ray cluster at 127.0.0.1:1 (nothing answers there)"
+    ]
     assert without_time(zarr.open_group(str(path), mode="r").attrs) == before
 
 
@@ -171,7 +177,7 @@ def test_cli_merge_with_two_workers_writes_the_in_process_store_bit_for_bit(tmp_
 @pytest.mark.slow
 def test_the_driver_reads_no_heatmap_and_a_second_merge_agrees(tmp_path, monkeypatch):
     """In a Ray merge the heatmaps are read in the tasks only: reading one in the driver
-    fails here. Run twice on the same store, it writes the same arrays again."""
+    fails here. With --address alone, merged again, the store is the same again."""
     awkward_store(tmp_path / "s.zarr", shard=4)
     shutil.copytree(tmp_path / "s.zarr", tmp_path / "local.zarr")
     want = merge_module.merge(str(tmp_path / "local.zarr"), progress=False, resamples=100)
@@ -188,6 +194,10 @@ def test_the_driver_reads_no_heatmap_and_a_second_merge_agrees(tmp_path, monkeyp
         assert got.metrics == want.metrics and got.intervals == want.intervals
         assert got.per_class == want.per_class and got.by_size == want.by_size
         assert got.notes == want.notes
+        assert_same_store(tmp_path / "local.zarr", tmp_path / "s.zarr")
+        # --address alone: as many tasks as the cluster has CPUs
+        address = runner.ray.get_runtime_context().gcs_address
+        merge_module.merge(str(tmp_path / "s.zarr"), progress=False, resamples=100, address=address)
         assert_same_store(tmp_path / "local.zarr", tmp_path / "s.zarr")
     finally:
         if started:

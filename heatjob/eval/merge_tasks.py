@@ -135,10 +135,11 @@ def score_store_tasks(root, info, geometry, progress: bool, tasks: int) -> dict:
     return join_blocks(source_names(info), results)
 
 
-def cluster_cpus() -> int:
-    import ray
+def cluster_cpus(address: str | None) -> int:
+    """Tasks at once when only --address is given: one per CPU of the cluster."""
+    from heatjob.job.runner import cluster_resources
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, int(cluster_resources(address)[0].get("CPU", 1)))
 
 
 def merge_on_ray(path: str, workers: int | None, address: str | None, **options):
@@ -150,7 +151,7 @@ def merge_on_ray(path: str, workers: int | None, address: str | None, **options)
 
     started = runner.connect(address)
     try:
-        tasks = workers if workers is not None else cluster_cpus()
+        tasks = workers if workers is not None else cluster_cpus(address)
         return merge_module.merge_with(partial(score_store_tasks, tasks=tasks), path, **options)
     finally:
         if started:
