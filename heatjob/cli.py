@@ -142,9 +142,29 @@ def merge(
         int, typer.Option(min=0, help="Bootstrap resamples of the images (0 = no intervals).")
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Score the units in Ray tasks, at most N at once (same numbers as without; "
+            "default: in this process, no Ray).",
+            show_default=False,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster whose tasks score the units (one per CPU unless --workers); "
+            "with --workers alone: $RAY_ADDRESS, else a local Ray.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Score every composite and method (pointing game, relevance mass, AP); print a table."""
+    """Score every composite and method (pointing game, relevance mass, AP); print a table.
+
+    With --workers or --address the units are scored in Ray tasks; the store must be at
+    the same path (or URL) on every node.
+    """
     from heatjob.eval.merge import merge as run_merge
     from heatjob.eval.report import format_class_table, format_size_table, format_table
 
@@ -155,6 +175,8 @@ def merge(
         resamples=bootstrap,
         seed=seed,
         figure=str(figure) if figure else None,
+        workers=workers,
+        address=address,
     )
     typer.echo(format_table(report))
     if figure:

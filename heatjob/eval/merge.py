@@ -245,7 +245,7 @@ def size_tables(scored, design, box_share: np.ndarray) -> dict[str, dict[str, fl
     return out
 
 
-def _blocks(root, info: StoreInfo, geometry: RowGeometry) -> Iterator:
+def unit_blocks(root, info: StoreInfo, geometry: RowGeometry) -> Iterator:
     """(unit rows slice, positions in geometry) per unit that has scored rows."""
     for unit in store_units(root, info):
         lo, hi = np.searchsorted(geometry.rows, [unit.row_start, unit.row_stop])
@@ -268,24 +268,40 @@ def centre_heatmaps(rows: np.ndarray, size: int) -> np.ndarray:
     return np.broadcast_to(centre, (len(rows), size, size))
 
 
-def score_store(root, info, geometry, progress: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Stream the store one unit (= one shard per composite) at a time: per-row values."""
-    size = info.image_size
-    arrays = {c: root[schema.heatmaps(c)] for c in info.composites}
-    per_row: dict[str, dict[str, list]] = {name: {} for name in [*arrays, *schema.BASELINES]}
-    blocks = list(_blocks(root, info, geometry))
-    for unit, index in tqdm(
-        blocks, desc="merge", unit="shard", disable=not progress, file=sys.stderr, leave=False
-    ):
-        local = geometry.rows[index] - unit.row_start
-        maps = {c: a[unit.row_start : unit.row_stop][local] for c, a in arrays.items()}
-        maps["baseline:random"] = random_heatmaps(geometry.rows[index], size)
-        maps["baseline:centre"] = centre_heatmaps(geometry.rows[index], size)
-        for name, heatmaps in maps.items():
-            heatmaps = np.asarray(heatmaps)
-            if heatmaps.dtype != np.float16:  # float16 maps are ranked by uint16 keys
-                heatmaps = heatmaps.astype(np.float32)
-            values = score_block(heatmaps, geometry, index)
+def block_maps(arrays: dict, unit, rows: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """The heatmaps of every source and baseline at store rows `rows` of one unit, in the
+    dtype they are scored in (float16 maps are ranked by uint16 keys, others as float32)."""
+    local = rows - unit.row_start
+    maps = {c: a[unit.row_start : unit.row_stop][local] for c, a in arrays.items()}
+    maps["baseline:random"] = random_heatmaps(rows, size)
+    maps["baseline:centre"] = centre_heatmaps(rows, size)
+    out = {}
+    for name, heatmaps in maps.items():
+        heatmaps = np.asarray(heatmaps)
+        out[name] = heatmaps if heatmaps.dtype == np.float16 else heatmaps.astype(np.float32)
+    return out
+
+
+def score_unit(arrays: dict, unit, geometry: RowGeometry, index: np.ndarray, size: int) -> dict:
+    """{source: per-row values} of the scored rows `index` (positions in geometry) of one
+    unit: one shard of each source read, scored, let go."""
+    maps = block_maps(arrays, unit, geometry.rows[index], size)
+    return {name: score_block(heatmaps, geometry, index) for name, heatmaps in maps.items()}
+
+
+def heatmap_arrays(root, info: StoreInfo) -> dict:
+    return {c: root[schema.heatmaps(c)] for c in info.composites}
+
+
+def source_names(info: StoreInfo) -> list[str]:
+    return [*info.composites, *schema.BASELINES]
+
+
+def join_blocks(names: list[str], blocks: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """The per-unit (or per-task) values of each source concatenated in row order."""
+    per_row: dict[str, dict[str, list]] = {name: {} for name in names}
+    for block in blocks:
+        for name, values in block.items():
             for key, v in values.items():
                 per_row[name].setdefault(key, []).append(v)
     empty = {"box": np.zeros((0, 4))}
@@ -293,6 +309,19 @@ def score_store(root, info, geometry, progress: bool) -> dict[str, dict[str, np.
         name: {k: np.concatenate(v) for k, v in values.items()} if values else dict(empty)
         for name, values in per_row.items()
     }
+
+
+def score_store(root, info, geometry, progress: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Stream the store one unit (= one shard per composite) at a time: per-row values."""
+    arrays = heatmap_arrays(root, info)
+    blocks = list(unit_blocks(root, info, geometry))
+    scored = [
+        score_unit(arrays, unit, geometry, index, info.image_size)
+        for unit, index in tqdm(
+            blocks, desc="merge", unit="shard", disable=not progress, file=sys.stderr, leave=False
+        )
+    ]
+    return join_blocks(source_names(info), scored)
 
 
 def write_row_arrays(root, info, geometry, per_row: dict) -> None:
@@ -327,13 +356,38 @@ def merge(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     figure: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
 ) -> MergeReport:
     """Score every composite of a finished store; write results to its attributes.
 
     Per-row values go to arrays first and the attributes last; the old attributes
     are removed before anything is written, so an interrupted merge never leaves
     results that its arrays do not back.
+
+    With `workers` or `address` the units are scored in Ray tasks (at most `workers` at
+    once; heatjob.eval.merge_tasks), with the same numbers as here; without, in this
+    process and Ray is not imported.
     """
+    options = {"json_path": json_path, "progress": progress, "resamples": resamples}
+    options |= {"seed": seed, "figure": figure}
+    if workers is None and address is None:
+        return merge_with(score_store, path, **options)
+    from heatjob.eval.merge_tasks import merge_on_ray
+
+    return merge_on_ray(path, workers, address, **options)
+
+
+def merge_with(
+    score,
+    path: str,
+    json_path: str | None = None,
+    progress: bool = True,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    figure: str | None = None,
+) -> MergeReport:
+    """merge, its per-row values from `score(root, info, geometry, progress)`."""
     root, info = open_store(path, mode="r+")
     done = done_units(root)
     if not done.all():
@@ -370,7 +424,7 @@ def merge(
                 f"{unboxed} of {n_rows} rows not scored: "
                 "their target class has no box in the sample"
             )
-        per_row = score_store(root, info, geometry, progress)
+        per_row = score(root, info, geometry, progress)
         design = design_of(geometry)
         sources = {
             name: scored_source(values, geometry, design) for name, values in per_row.items()
