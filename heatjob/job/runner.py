@@ -13,13 +13,16 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 
 from heatjob.errors import HeatjobError, SpecError
 from heatjob.job.plan import Unit, owned_samples
-from heatjob.job.worker import UnitResult, UnitWorker
+
+if TYPE_CHECKING:
+    from heatjob.job.worker import UnitResult
 
 OBJECT_STORE_BYTES = 256 * 1024**2  # results are small; a local Ray needs little
 
@@ -149,6 +152,10 @@ class RayWorker:
 
     def __init__(self, *args) -> None:
         self.worker, self.error = None, None
+        # imported here: torch and the models load in the actor, not in a driver that only
+        # maps tasks (merge, planning)
+        from heatjob.job.worker import UnitWorker
+
         try:
             self.worker = UnitWorker(*args)
             self.worker.node = ray.get_runtime_context().get_node_id()
