@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 JOBS ?= jobs/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast test-slow test-all lint bench precompute demo-model clean
+.PHONY: install test test-fast test-slow test-all lint bench precompute demo-model demo-vit-model clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,11 @@ precompute: install
 # Retrain the demo model that jobs/demo.toml uses (the repo ships the result).
 demo-model: install
 	$(PY) scripts/train_demo_model.py --out models/small_cnn_shapes.pt
+
+# Retrain the small ViT that jobs/demo-vit.toml uses (the repo ships the result).
+demo-vit-model: install
+	$(PY) scripts/train_demo_model.py --arch small_vit --samples 10000 --epochs 7 \
+		--threads 2 --out models/small_vit_shapes.pt
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Classifier models by name: torchvision architectures and heatjob's own small CNN.
+"""Classifier models by name: torchvision architectures and heatjob's own small CNN and ViT.
 
 A model comes from an architecture name plus either torchvision weights (by
 name) or a state_dict checkpoint; it is returned in eval mode on the CPU.
@@ -47,8 +47,36 @@ class SmallCNN(nn.Module):
         return self.classifier(self.avgpool(self.features(x)))
 
 
+def small_vit(
+    num_classes: int = 6,
+    image_size: int = 32,
+    patch_size: int = 4,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    hidden_dim: int = 64,
+    mlp_dim: int = 128,
+) -> nn.Module:
+    """torchvision's VisionTransformer, small enough to train on a laptop CPU in minutes.
+
+    The class itself, not a copy, so the transformer rules (cp-lrp) explain it as they do
+    vit_b_16.
+    """
+    return torchvision.models.vision_transformer.VisionTransformer(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+        num_classes=num_classes,
+    )
+
+
 # heatjob's own architectures, beside torchvision's.
-OWN_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"small_cnn": SmallCNN}
+OWN_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "small_vit": small_vit,
+}
 
 
 def known_architectures() -> list[str]:

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from heatjob.errors import SpecError
 from heatjob.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,28 @@ def test_training_script_runs_and_writes_a_loadable_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr
     model = build_model("small_cnn", 6, checkpoint=str(out))
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 6)
+
+
+def test_training_script_trains_the_small_vit(tmp_path):
+    out = tmp_path / "vit.pt"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/train_demo_model.py"),
+            *("--arch", "small_vit", "--threads", "1", "--out", str(out)),
+            *("--samples", "64", "--epochs", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trivial baseline" in result.stdout
+    model = build_model("small_vit", 6, checkpoint=str(out))  # 32 pixels, the ViT's default
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 6)
+    # a checkpoint of the other architecture is refused by name, not loaded into it
+    with pytest.raises(SpecError, match="does not fit small_cnn"):
+        build_model("small_cnn", 6, checkpoint=str(out))
 
 
 def test_shipped_demo_model_recognises_the_demo_shapes():
