@@ -61,7 +61,10 @@ if workers:
     ray_start = time.perf_counter() - start
 imported = kb("VmRSS")
 start = time.perf_counter()
-merge_module.merge(path, progress=False, resamples=resamples, workers=workers or None)
+if workers:
+    merge_tasks.merge_on_ray(path, workers, None, progress=False, resamples=resamples)
+else:
+    merge_module.merge(path, progress=False, resamples=resamples)
 seconds = time.perf_counter() - start
 
 root = zarr.open_group(path, mode="r")

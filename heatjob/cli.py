@@ -165,19 +165,18 @@ def merge(
     With --workers or --address the units are scored in Ray tasks; the store must be at
     the same path (or URL) on every node.
     """
-    from heatjob.eval.merge import merge as run_merge
     from heatjob.eval.report import format_class_table, format_size_table, format_table
 
-    report = run_merge(
-        store,
-        str(json_file) if json_file else None,
-        progress=not quiet,
-        resamples=bootstrap,
-        seed=seed,
-        figure=str(figure) if figure else None,
-        workers=workers,
-        address=address,
-    )
+    options = {"json_path": str(json_file) if json_file else None, "progress": not quiet}
+    options |= {"resamples": bootstrap, "seed": seed, "figure": str(figure) if figure else None}
+    if workers is None and address is None:
+        from heatjob.eval.merge import merge as run_merge
+
+        report = run_merge(store, **options)
+    else:
+        from heatjob.eval.merge_tasks import merge_on_ray
+
+        report = merge_on_ray(store, workers, address, **options)
     typer.echo(format_table(report))
     if figure:
         typer.echo(f"wrote {figure}")

@@ -190,14 +190,18 @@ def test_the_driver_reads_no_heatmap_and_a_second_merge_agrees(tmp_path, monkeyp
 
     started = runner.connect(None)
     try:
-        got = merge_module.merge(str(tmp_path / "s.zarr"), progress=False, resamples=100, workers=3)
+        got = merge_tasks.merge_on_ray(
+            str(tmp_path / "s.zarr"), 3, None, progress=False, resamples=100
+        )
         assert got.metrics == want.metrics and got.intervals == want.intervals
         assert got.per_class == want.per_class and got.by_size == want.by_size
         assert got.notes == want.notes
         assert_same_store(tmp_path / "local.zarr", tmp_path / "s.zarr")
         # --address alone: as many tasks as the cluster has CPUs
         address = runner.ray.get_runtime_context().gcs_address
-        merge_module.merge(str(tmp_path / "s.zarr"), progress=False, resamples=100, address=address)
+        merge_tasks.merge_on_ray(
+            str(tmp_path / "s.zarr"), None, address, progress=False, resamples=100
+        )
         assert_same_store(tmp_path / "local.zarr", tmp_path / "s.zarr")
     finally:
         if started:

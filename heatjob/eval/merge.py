@@ -356,8 +356,6 @@ def merge(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     figure: str | None = None,
-    workers: int | None = None,
-    address: str | None = None,
 ) -> MergeReport:
     """Score every composite of a finished store; write results to its attributes.
 
@@ -365,17 +363,12 @@ def merge(
     are removed before anything is written, so an interrupted merge never leaves
     results that its arrays do not back.
 
-    With `workers` or `address` the units are scored in Ray tasks (at most `workers` at
-    once; heatjob.eval.merge_tasks), with the same numbers as here; without, in this
-    process and Ray is not imported.
+    In this process, Ray not imported; `heatjob.eval.merge_tasks.merge_on_ray` scores the
+    units in Ray tasks instead, with the same numbers.
     """
     options = {"json_path": json_path, "progress": progress, "resamples": resamples}
     options |= {"seed": seed, "figure": figure}
-    if workers is None and address is None:
-        return merge_with(score_store, path, **options)
-    from heatjob.eval.merge_tasks import merge_on_ray
-
-    return merge_on_ray(path, workers, address, **options)
+    return merge_with(score_store, path, **options)
 
 
 def merge_with(
