@@ -19,6 +19,7 @@ from detached import bias_free, detached_rules, gradient_x_input
 from torch import nn
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
+from zennit_models import randomize_vit
 
 from heatjob.attribution.lrp import Explainer, describe_composite
 from heatjob.attribution.lrp.composites import Composite, get_composite
@@ -99,15 +100,7 @@ def _vit(config: dict, seed: int = 0) -> VisionTransformer:
     """torchvision's ViT with random weights; head, class token and norms randomised
     (torchvision starts the head and the class token at zero)."""
     torch.manual_seed(seed)
-    model = VisionTransformer(**config)
-    with torch.no_grad():
-        nn.init.normal_(model.heads.head.weight, std=0.05)
-        nn.init.normal_(model.class_token, std=0.5)
-        for module in model.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.normal_(1.0, 0.3)
-                module.bias.normal_(0.0, 0.1)
-    return model.eval()
+    return randomize_vit(VisionTransformer(**config), head_std=0.05)
 
 
 def _against_lxt(tmp_path, config: dict) -> float:

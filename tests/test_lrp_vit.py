@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
+from zennit_models import randomize_vit
 
 from heatjob.attribution.lrp import Explainer, composite_names, ensure_supported
 from heatjob.attribution.lrp.canonizers import trace
@@ -40,14 +41,7 @@ def tiny_vit(seed: int = 0) -> VisionTransformer:
         mlp_dim=64,
         num_classes=5,
     )
-    with torch.no_grad():
-        nn.init.normal_(model.heads.head.weight, std=0.5)
-        nn.init.normal_(model.class_token, std=0.5)
-        for module in model.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.normal_(1.0, 0.3)
-                module.bias.normal_(0.0, 0.1)
-    return model.eval()
+    return randomize_vit(model, head_std=0.5)
 
 
 def bias_free(model: VisionTransformer) -> VisionTransformer:

@@ -1,5 +1,6 @@
-"""torchvision CNNs with random, non-trivial weights and ImageNet's normalisation: the models
-the zennit comparisons (test_lrp_zennit, test_methods_lrp, test_methods_oracle) share."""
+"""torchvision models with random, non-trivial weights and ImageNet's normalisation: the CNNs
+the zennit comparisons (test_lrp_zennit, test_methods_lrp, test_methods_oracle) share, and the
+ViT randomisation of the LXT comparisons (test_lrp_vit, test_lrp_attnlrp)."""
 
 import torch
 import torchvision
@@ -44,3 +45,16 @@ def build(name: str, small_classifier: bool = False) -> nn.Module:
             nn.Linear(64, NUM_CLASSES),
         )
     return randomize(model)
+
+
+def randomize_vit(model: nn.Module, head_std: float) -> nn.Module:
+    """Head, class token and norms randomised: torchvision starts the head and the class token
+    at zero and the norms at identity, which would hide their rules."""
+    with torch.no_grad():
+        nn.init.normal_(model.heads.head.weight, std=head_std)
+        nn.init.normal_(model.class_token, std=0.5)
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.normal_(1.0, 0.3)
+                module.bias.normal_(0.0, 0.1)
+    return model.eval()

@@ -366,9 +366,7 @@ def merge(
     In this process, Ray not imported; `heatjob.eval.merge_tasks.merge_on_ray` scores the
     units in Ray tasks instead, with the same numbers.
     """
-    options = {"json_path": json_path, "progress": progress, "resamples": resamples}
-    options |= {"seed": seed, "figure": figure}
-    return merge_with(score_store, path, **options)
+    return merge_with(score_store, path, json_path, progress, resamples, seed, figure)
 
 
 def merge_with(

@@ -29,12 +29,11 @@ import lxt.explicit.functional as lf
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zennit.rules as z_rules
 from lxt.efficient import monkey_patch, monkey_patch_zennit
 from lxt.efficient.models.vit_torch import cp_LRP
 from lxt.efficient.patches import patch_method, wrap_attention_forward
+from lxt_vit import gamma_heatmaps
 from torchvision.models import vision_transformer
-from zennit.composites import LayerMapComposite
 
 TINY = 1e-30
 
@@ -83,21 +82,7 @@ def attnlrp_attention_forward(self, query, key, value, *args, **kwargs):
 
 def vit(config: str, state: str, inputs: str, targets: str, out: str) -> None:
     model = vision_transformer.VisionTransformer(**json.loads(config))
-    model.load_state_dict(torch.load(state, weights_only=True))
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    composite = LayerMapComposite(
-        [(torch.nn.Conv2d, z_rules.Gamma(0.25)), (torch.nn.Linear, z_rules.Gamma(0.05))]
-    )
-    x = torch.from_numpy(np.load(inputs)).requires_grad_(True)
-    target = torch.from_numpy(np.load(targets))
-    with composite.context(model) as modified:
-        logits = modified(x)
-        seed = torch.zeros_like(logits)
-        seed[torch.arange(len(target)), target] = 1.0
-        (grad,) = torch.autograd.grad(logits, x, seed)
-    np.save(out, (x * grad).sum(1).detach().numpy())
+    gamma_heatmaps(model, state, inputs, targets, out)
 
 
 def main(args: list[str]) -> None:

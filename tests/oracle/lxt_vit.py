@@ -22,11 +22,16 @@ from zennit.composites import LayerMapComposite
 
 def explain(arch: str, image_size: str, state: str, inputs: str, targets: str, out: str) -> None:
     model = torchvision.models.get_model(arch, image_size=int(image_size), num_classes=10)
+    gamma_heatmaps(model, state, inputs, targets, out)
+
+
+def gamma_heatmaps(model: torch.nn.Module, state: str, inputs: str, targets: str, out: str):
+    """The model's weights from `state`, then x * grad under the patched rules; LXT's
+    torchvision ViT example, its grid cell conv gamma 0.25, linear gamma 0.05."""
     model.load_state_dict(torch.load(state, weights_only=True))
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    # LXT's torchvision ViT example, its grid cell conv gamma 0.25, linear gamma 0.05.
     composite = LayerMapComposite(
         [(torch.nn.Conv2d, z_rules.Gamma(0.25)), (torch.nn.Linear, z_rules.Gamma(0.05))]
     )
