@@ -26,6 +26,7 @@ import zarr
 
 import heatjob
 from heatjob.errors import HeatjobError
+from heatjob.job.plan import PENDING_TARGET
 from heatjob.store import schema
 from heatjob.store.curves import create_curves
 from heatjob.store.location import open_group, redact
@@ -132,8 +133,12 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
     small_array(root, schema.BOX_XYXY, xyxy)
     small_array(root, schema.BOX_DIFFICULT, np.asarray(a["boxes_difficult"], dtype=bool))
     small_array(root, schema.ROW_SAMPLE, plan.rows_sample)
-    # chunked by unit: under predicted:K the unit's worker writes its own chunk
-    small_array(root, schema.ROW_TARGET, plan.rows_target, block=plan.shard_size)
+    if spec.attribution.predicted_k:  # the unit's worker writes its own chunk; none here
+        small_array(
+            root, schema.ROW_TARGET, plan.rows_target, fill=PENDING_TARGET, block=plan.shard_size
+        )
+    else:  # known now: in blocks, not one object per unit
+        small_array(root, schema.ROW_TARGET, plan.rows_target)
     size = spec.dataset.image_size
     for composite in spec.attribution.sources:
         root.create_array(

@@ -33,6 +33,11 @@ def url_options(path: str, storage_options: dict[str, Any] | None) -> dict[str, 
     options = dict(storage_options or {})
     if path.startswith(("file://", "local://")):
         options.setdefault("auto_mkdir", True)  # zarr writes keys into folders not yet made
+    if path.startswith(("s3://", "s3a://")):
+        # s3fs's default (10) sends a HEAD before every whole-object GET to decide whether
+        # to split it into ranges: a second request per chunk, for objects that are small
+        # (records) or already one per request (shards)
+        options.setdefault("max_concurrency", 1)
     return options
 
 

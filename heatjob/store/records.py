@@ -241,15 +241,16 @@ def _done(root: zarr.Group, records: list[dict | None] | None) -> np.ndarray:
     return flags | np.array([r is not None for r in records], dtype=bool)
 
 
-def sample_logits(root: zarr.Group) -> np.ndarray:
-    """(N, C) float32: every sample's logits (NaN where not computed yet or failed)."""
+def sample_logits(root: zarr.Group, texts: list[dict | None] | None = None) -> np.ndarray:
+    """(N, C) float32: every sample's logits (NaN where not computed yet or failed);
+    `texts`: format 2's parsed records, when the caller has read them already."""
     if store_format(root) < 2 or COPIED_ATTRIBUTE in root.attrs:
         return root[schema.SAMPLE_LOGITS][:]
     info = root.attrs[schema.ROOT_ATTRIBUTE]
     n_samples = root[schema.SAMPLE_ID].shape[0]
     starts = owned_starts(root[schema.ROW_SAMPLE][:], int(info["shard_size"]), n_samples)
     per_unit = root[schema.UNIT_LOGITS][:]
-    recorded = [r is not None for r in _records(root)]
+    recorded = [r is not None for r in (_records(root) if texts is None else texts)]
     # units without a record but flagged done in units/done: samples/logits holds theirs
     out = root[schema.SAMPLE_LOGITS][:].astype(np.float32)
     for u in range(per_unit.shape[0]):
@@ -271,8 +272,8 @@ def write_sample_arrays(root: zarr.Group) -> None:
     checksum), whole arrays in blocks, so that readers of those arrays see the job."""
     if COPIED_ATTRIBUTE in root.attrs:  # a rerun after a copy: assemble anew
         del root.attrs[COPIED_ATTRIBUTE]
-    root[schema.SAMPLE_LOGITS][...] = sample_logits(root)
-    texts = _records(root)  # read once: one GET per unit
+    texts = _records(root)  # read once: one GET per unit, as units/logits below
+    root[schema.SAMPLE_LOGITS][...] = sample_logits(root, texts)
     records = unit_records(root, texts)
     done = root[schema.UNIT_DONE][:] | np.array([r is not None for r in texts], dtype=bool)
     failed = np.zeros(root[schema.SAMPLE_ID].shape[0], dtype=bool)
