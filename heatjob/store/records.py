@@ -275,7 +275,7 @@ def write_sample_arrays(root: zarr.Group) -> None:
     texts = _records(root)  # read once: one GET per unit, as units/logits below
     root[schema.SAMPLE_LOGITS][...] = sample_logits(root, texts)
     records = unit_records(root, texts)
-    done = root[schema.UNIT_DONE][:] | np.array([r is not None for r in texts], dtype=bool)
+    done = records.done  # units/done | recorded: the copied attribute was just removed
     failed = np.zeros(root[schema.SAMPLE_ID].shape[0], dtype=bool)
     reasons = np.full(len(failed), "", dtype=object)
     for sample, reason in records.failures.items():
