@@ -27,7 +27,7 @@ from heatjob.job.plan import owned_samples
 from heatjob.job.prepare import prepare
 from heatjob.job.worker import UnitWorker
 from heatjob.spec import parse_spec
-from heatjob.store import records
+from heatjob.store import assemble, records
 from heatjob.store.layout import create_store
 
 HEATJOB = [sys.executable, "-m", "heatjob.cli"]
@@ -146,7 +146,7 @@ def test_a_worker_writes_its_units_records_itself_in_a_constant_number_of_reques
     assert set(record) == {"host", "node", "pid", "attempts", "checksum", "failures", "seconds"}
 
     writable = zarr.open_group(spec.store.path, mode="r+")
-    records.write_sample_arrays(writable)
+    assemble.write_sample_arrays(writable)
     np.testing.assert_array_equal(writable["samples/logits"][:], expected)
     assert writable["units/done"][:].all()
     np.testing.assert_array_equal(writable["units/checksum"][:], unit_records.checksum)

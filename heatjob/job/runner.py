@@ -87,6 +87,11 @@ def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
             ray.shutdown()
 
 
+def ray_cpus() -> int:
+    """The CPUs of the Ray cluster this process is connected to (`connect` first)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def _reachable(address: str, timeout: float = 5.0) -> bool:
     """Whether host:port answers; Ray itself would retry an unreachable address for minutes."""
     host, _, port = address.split("://", 1)[-1].rpartition(":")

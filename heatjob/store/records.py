@@ -136,15 +136,17 @@ def store_format(root: zarr.Group) -> int:
     return int(root.attrs[schema.ROOT_ATTRIBUTE]["format"])
 
 
-def _records(root: zarr.Group) -> list[dict | None]:
-    """Format 2: every unit's parsed done record, None where there is none (or it does
-    not decode: a record cut short counts as not written, and the unit is redone)."""
+def parsed_records(root: zarr.Group, start: int = 0, stop: int | None = None) -> list[dict | None]:
+    """Format 2: the parsed done records of units start .. stop (default: all), None where
+    there is none (or it does not decode: a record cut short counts as not written, and
+    the unit is redone)."""
     array = root[schema.UNIT_RECORD]
+    stop = array.shape[0] if stop is None else stop
     try:
-        texts = array[:].tolist()
+        texts = array[start:stop].tolist()
     except Exception:  # one bad chunk: read them one by one
         texts = []
-        for u in range(array.shape[0]):
+        for u in range(start, stop):
             try:
                 texts.append(str(array[u]))
             except Exception:
@@ -178,7 +180,7 @@ def unit_records(root: zarr.Group, texts: list[dict | None] | None = None) -> Un
     n_samples = root[schema.SAMPLE_ID].shape[0]
     if store_format(root) < 2:
         return _format1_records(root, n_units, n_samples)
-    records = _records(root) if texts is None else texts
+    records = parsed_records(root) if texts is None else texts
     done = _done(root, records)
     failures = _annotation_failures(root, n_samples)
     for record in records:
@@ -237,7 +239,7 @@ def _done(root: zarr.Group, records: list[dict | None] | None) -> np.ndarray:
     flags = root[schema.UNIT_DONE][:]
     if COPIED_ATTRIBUTE in root.attrs:
         return flags
-    records = _records(root) if records is None else records
+    records = parsed_records(root) if records is None else records
     return flags | np.array([r is not None for r in records], dtype=bool)
 
 
@@ -250,7 +252,7 @@ def sample_logits(root: zarr.Group, texts: list[dict | None] | None = None) -> n
     n_samples = root[schema.SAMPLE_ID].shape[0]
     starts = owned_starts(root[schema.ROW_SAMPLE][:], int(info["shard_size"]), n_samples)
     per_unit = root[schema.UNIT_LOGITS][:]
-    recorded = [r is not None for r in (_records(root) if texts is None else texts)]
+    recorded = [r is not None for r in (parsed_records(root) if texts is None else texts)]
     # units without a record but flagged done in units/done: samples/logits holds theirs
     out = root[schema.SAMPLE_LOGITS][:].astype(np.float32)
     for u in range(per_unit.shape[0]):
@@ -264,31 +266,6 @@ def sample_failures(root: zarr.Group) -> np.ndarray:
     failed = np.zeros(root[schema.SAMPLE_ID].shape[0], dtype=bool)
     failed[list(unit_records(root).failures)] = True
     return failed
-
-
-def write_sample_arrays(root: zarr.Group) -> None:
-    """Format 2, once every unit is done: the records copied into format 1's arrays
-    (samples/logits, samples/failed and failure, units/done, host, node, pid, attempts,
-    checksum), whole arrays in blocks, so that readers of those arrays see the job."""
-    if COPIED_ATTRIBUTE in root.attrs:  # a rerun after a copy: assemble anew
-        del root.attrs[COPIED_ATTRIBUTE]
-    texts = _records(root)  # read once: one GET per unit, as units/logits below
-    root[schema.SAMPLE_LOGITS][...] = sample_logits(root, texts)
-    records = unit_records(root, texts)
-    done = records.done  # units/done | recorded: the copied attribute was just removed
-    failed = np.zeros(root[schema.SAMPLE_ID].shape[0], dtype=bool)
-    reasons = np.full(len(failed), "", dtype=object)
-    for sample, reason in records.failures.items():
-        failed[sample], reasons[sample] = True, reason
-    root[schema.SAMPLE_FAILED][...] = failed
-    root[schema.SAMPLE_FAILURE][...] = reasons
-    root[schema.UNIT_HOST][...] = np.asarray(records.host, dtype=object)
-    root[schema.UNIT_NODE][...] = np.asarray(records.node, dtype=object)
-    root[schema.UNIT_PID][...] = records.pid
-    root[schema.UNIT_ATTEMPTS][...] = records.attempts
-    root[schema.UNIT_CHECKSUM][...] = records.checksum
-    root[schema.UNIT_DONE][...] = done
-    root.attrs[COPIED_ATTRIBUTE] = {"units_done": int(done.sum())}
 
 
 def clear_failures(root: zarr.Group, samples: tuple[int, ...]) -> None:
