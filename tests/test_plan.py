@@ -40,3 +40,25 @@ def test_units_cover_rows_once_and_samples_are_owned_once(targets, shard_size):
         if targets != "labels":  # a unit never splits a sample's rows
             assert plan.shard_size % (5 if targets == "all" else 3) == 0
             assert (np.bincount(rows)[rows] == (5 if targets == "all" else 3)).all()
+
+
+@pytest.mark.parametrize("targets", ["labels", "all", "predicted:2"])
+def test_rows_from_a_label_matrix_match_rows_from_label_lists(targets):
+    """Planning from the (N, C) matrix the annotation blocks return is planning from
+    per-sample class lists, written out by hand here."""
+    rng = np.random.default_rng(7)
+    matrix = rng.random((50, 4)) < 0.3
+    skip = rng.random(50) < 0.2
+    rows_sample, rows_target = plan_rows(matrix, targets, 4, skip)
+    expected = []
+    for i in range(50):
+        if skip[i]:
+            continue
+        if targets == "labels":
+            expected += [(i, c) for c in range(4) if matrix[i, c]]
+        elif targets == "all":
+            expected += [(i, c) for c in range(4)]
+        else:
+            expected += [(i, PENDING_TARGET)] * 2
+    assert list(zip(rows_sample.tolist(), rows_target.tolist(), strict=True)) == expected
+    assert rows_sample.dtype == np.int64 and rows_target.dtype == np.int32

@@ -151,15 +151,23 @@ def read_records(
     )
     if failures is None:
         return [dataset.record(index) for index in indices]
-    ids = dataset.ids()
-    records = []
-    for index in indices:
-        try:
-            records.append(dataset.record(index))
-        except DataError as exc:
-            failures[index] = str(exc)
-            records.append(make_record(ids[index], 0, 0, np.zeros((0, 4)), np.zeros(0)))
-    return records
+    return [_record_or_empty(dataset, index, failures) for index in indices]
+
+
+def read_record_range(
+    dataset: Dataset, start: int, stop: int, failures: dict[int, str]
+) -> list[SampleRecord]:
+    """The annotations of samples start .. stop, a failure as in `read_records`."""
+    return [_record_or_empty(dataset, index, failures) for index in range(start, stop)]
+
+
+def _record_or_empty(dataset: Dataset, index: int, failures: dict[int, str]) -> SampleRecord:
+    try:
+        return dataset.record(index)
+    except DataError as exc:
+        failures[index] = str(exc)
+        # ids() only now: listing every id per sample read would be quadratic
+        return make_record(dataset.ids()[index], 0, 0, np.zeros((0, 4)), np.zeros(0))
 
 
 def check_index(index: int, length: int) -> int:

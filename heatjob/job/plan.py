@@ -42,32 +42,41 @@ class Plan:
 
 
 def plan_rows(
-    labels: Sequence[Sequence[int]],
+    labels: np.ndarray | Sequence[Sequence[int]],
     targets: str,
     num_classes: int,
-    skip: Sequence[bool] | None = None,
+    skip: np.ndarray | Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows for each sample, ordered by sample then (for labels) class.
 
-    labels: the distinct classes present in each sample.
+    labels: (N, C) bool, the classes present in each sample (or, per sample, the classes
+    present as a sequence of ints).
     targets: "labels", "all" or "predicted:K".
     skip: samples that get no rows (their annotation could not be read).
     """
+    labels = label_matrix(labels, num_classes)
+    n = len(labels)
+    kept = np.ones(n, bool) if skip is None else ~np.asarray(skip, dtype=bool).reshape(n)
     if targets == "labels":
-        per_sample = [sorted(set(map(int, sample_labels))) for sample_labels in labels]
-    elif targets == "all":
-        per_sample = [list(range(num_classes))] * len(labels)
-    elif targets.startswith("predicted:"):
-        k = int(targets.split(":", 1)[1])
-        per_sample = [[PENDING_TARGET] * min(k, num_classes)] * len(labels)
+        rows_sample, rows_target = np.nonzero(labels & kept[:, None])  # by sample, then class
+    elif targets == "all" or targets.startswith("predicted:"):
+        per = num_classes if targets == "all" else min(int(targets.split(":")[1]), num_classes)
+        rows_sample = np.repeat(np.flatnonzero(kept), per)
+        classes = np.arange(per) if targets == "all" else np.full(per, PENDING_TARGET)
+        rows_target = np.tile(classes, int(kept.sum()))
     else:
         raise ValueError(f"unknown targets mode {targets!r}")
-    if skip is not None:
-        per_sample = [[] if skipped else t for t, skipped in zip(per_sample, skip, strict=True)]
-    counts = np.array([len(t) for t in per_sample], dtype=np.int64)
-    rows_sample = np.repeat(np.arange(len(labels), dtype=np.int64), counts)
-    rows_target = np.array([t for ts in per_sample for t in ts], dtype=np.int32)
-    return rows_sample, rows_target
+    return rows_sample.astype(np.int64), rows_target.astype(np.int32)
+
+
+def label_matrix(labels: np.ndarray | Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """(N, C) bool from a matrix or from per-sample sequences of class indices."""
+    if isinstance(labels, np.ndarray) and labels.dtype == bool and labels.ndim == 2:
+        return labels
+    matrix = np.zeros((len(labels), num_classes), dtype=bool)
+    for i, sample_labels in enumerate(labels):
+        matrix[i, list(map(int, sample_labels))] = True
+    return matrix
 
 
 def effective_shard_size(shard_size: int, targets: str, num_classes: int) -> int:
@@ -86,11 +95,11 @@ def effective_shard_size(shard_size: int, targets: str, num_classes: int) -> int
 
 
 def make_plan(
-    labels: Sequence[Sequence[int]],
+    labels: np.ndarray | Sequence[Sequence[int]],
     targets: str,
     num_classes: int,
     shard_size: int,
-    skip: Sequence[bool] | None = None,
+    skip: np.ndarray | Sequence[bool] | None = None,
 ) -> Plan:
     """Rows and units for a job (a skipped sample has none, so units still hold whole
     samples under predicted:K and all)."""

@@ -1,20 +1,22 @@
 """Planning in the driver: check everything the spec names, read the annotations, and
 build the arrays the store starts with and the plan of rows and units.
 
-No store, no Ray: `submit` and `submit --dry-run` both start here.
+No store: `submit` and `submit --dry-run` both start here. The annotations of a large
+data set are read in Ray tasks when the caller offers a cluster (heatjob.job.annotations).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from heatjob.attribution.lrp import composite_names, ensure_supported
-from heatjob.data import open_job_dataset, read_records
-from heatjob.data.geometry import input_geometry, transform_boxes
+from heatjob.data import open_job_dataset
 from heatjob.errors import DataError, SpecError
+from heatjob.job.annotations import MapBlocks, read_annotations
 from heatjob.job.plan import Plan, make_plan
 from heatjob.models import build_model, file_sha256
 from heatjob.spec import JobSpec, with_overrides
@@ -28,14 +30,19 @@ class PreparedJob:
     has_boxes: bool
     plan: Plan
     arrays: dict[str, np.ndarray]
-    sample_ids: list[str]
+    sample_ids: np.ndarray  # (N,) str
     checkpoint_sha256: str
     failures: dict[int, str]  # samples whose annotation could not be read: index -> reason
     boxes_cropped_away: int = 0  # boxes that [dataset] resize = "crop" cut away entirely
 
 
-def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
-    """Check everything the spec names and read the annotations; no store, no Ray."""
+def prepare(
+    spec: JobSpec, progress: bool = True, on_cluster: Callable[[], MapBlocks] | None = None
+) -> PreparedJob:
+    """Check everything the spec names and read the annotations; no store.
+
+    on_cluster: gives the map that reads the annotations of a large data set in Ray tasks
+    (heatjob.job.annotations); without it, or for a small one, they are read here."""
     src = spec.source
     known = composite_names()
     for name in spec.attribution.composites:
@@ -77,45 +84,29 @@ def prepare(spec: JobSpec, progress: bool = True) -> PreparedJob:
     spec = _resolve_method_layers(spec, model)
     del model
 
-    failures: dict[int, str] = {}
-    records = read_records(dataset, progress=progress, failures=failures)
-    if not records:
+    if len(dataset) == 0:
         raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
-    ds = spec.dataset
-    labels = np.zeros((len(records), num_classes), dtype=bool)
-    boxes, box_sample, box_class, box_difficult = [], [], [], []
-    cropped_away = 0
-    for i, record in enumerate(records):
-        labels[i, list(record.labels)] = True
-        # a box the crop cuts away leaves the sample's boxes; the sample keeps its labels
-        geometry = input_geometry(
-            record.height, record.width, ds.image_size, ds.resize, ds.resize_to
-        )
-        xyxy, kept = transform_boxes(record.boxes, record.height, record.width, geometry)
-        cropped_away += int((~kept).sum())
-        boxes.append(xyxy[kept])
-        box_sample.append(np.full(int(kept.sum()), i, dtype=np.int64))
-        box_class.append(record.box_classes[kept])
-        box_difficult.append(record.box_difficult[kept])
+    notes = read_annotations(dataset, spec, num_classes, progress, on_cluster)
+    failures = notes.failures
     job = job_from_arrays(
         spec,
-        labels,
+        notes.labels,
         classes=classes,
-        sample_ids=[r.id for r in records],
-        sizes=np.array([(r.height, r.width) for r in records], dtype=np.int32),
-        boxes_xyxy=np.concatenate(boxes),
-        boxes_sample=np.concatenate(box_sample),
-        boxes_class=np.concatenate(box_class),
-        boxes_difficult=np.concatenate(box_difficult),
+        sample_ids=notes.ids,
+        sizes=notes.sizes,
+        boxes_xyxy=notes.boxes_xyxy,
+        boxes_sample=notes.boxes_sample,
+        boxes_class=notes.boxes_class,
+        boxes_difficult=notes.boxes_difficult,
         has_boxes=dataset.has_boxes,
         checkpoint_sha256=file_sha256(m.checkpoint) if m.checkpoint else "",
         failures=failures,
-        boxes_cropped_away=cropped_away,
+        boxes_cropped_away=notes.cropped_away,
     )
     if job.plan.n_rows == 0 and failures:
         first = min(failures)
         raise DataError(
-            f"{src}: no heatmap rows: {len(failures)} of {len(records)} samples failed, "
+            f"{src}: no heatmap rows: {len(failures)} of {len(notes)} samples failed, "
             f"first: {failures[first]}"
         )
     if job.plan.n_rows == 0:
@@ -178,13 +169,9 @@ def job_from_arrays(
     labels = np.asarray(labels, dtype=bool)
     n, num_classes = labels.shape
     failures = dict(failures or {})
-    plan = make_plan(
-        [np.flatnonzero(row).tolist() for row in labels],
-        spec.attribution.targets,
-        num_classes,
-        spec.run.shard_size,
-        skip=[i in failures for i in range(n)],
-    )
+    skip = np.zeros(n, dtype=bool)
+    skip[list(failures)] = True
+    plan = make_plan(labels, spec.attribution.targets, num_classes, spec.run.shard_size, skip)
     size = spec.dataset.image_size
     arrays = {
         "sizes": np.full((n, 2), size, np.int32) if sizes is None else np.asarray(sizes, np.int32),
@@ -206,7 +193,7 @@ def job_from_arrays(
         has_boxes=has_boxes,
         plan=plan,
         arrays=arrays,
-        sample_ids=list(sample_ids) if sample_ids is not None else [str(i) for i in range(n)],
+        sample_ids=np.asarray(sample_ids if sample_ids is not None else np.arange(n), dtype=str),
         checkpoint_sha256=checkpoint_sha256,
         failures=failures,
         boxes_cropped_away=boxes_cropped_away,
