@@ -59,8 +59,9 @@ def submit(
     retry_failed: redo the done units holding samples whose image could not be read.
     """
     started = time.perf_counter()
-    job = prepare(spec, progress=progress)
-    spec = job.spec  # with what prepare resolved against the model (Grad-CAM layers)
+    job = prepare(spec, progress=progress, overwrite=overwrite)
+    # with what prepare resolved: Grad-CAM layers against the model, an automatic shard_size
+    spec = job.spec
     path = spec.store.path
     state = store_state(job, overwrite=overwrite, mode="r+", retry_failed=retry_failed)
     if state.replaces:
