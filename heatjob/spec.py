@@ -92,7 +92,9 @@ class StoreSpec:
 class RunSpec:
     batch_size: int = 32
     workers: int = 0  # 0 = one per GPU, or one per 2 CPUs when there is none
-    shard_size: int = 64  # heatmap rows per Zarr shard, which is also the unit of work
+    # heatmap rows per Zarr shard, which is also the unit of work; 0 = automatic: prepare
+    # picks it (heatjob.job.plan.auto_shard_size) and the resolved spec holds the number
+    shard_size: int = 0
     device: str = "auto"
     num_gpus: float = 0.0  # GPUs per worker (fractional shares one); 0 = automatic
     precision: str = "float32"
@@ -249,7 +251,8 @@ def _coerce(value: Any, f: dataclasses.Field, where: str, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{source}: {where} must be an integer, got {_short(value)}")
+            hint = _INT_HINTS.get(where, "")
+            raise SpecError(f"{source}: {where} must be an integer{hint}, got {_short(value)}")
         if not -(2**63) <= value < 2**63:  # TOML's range; a JSON spec (store attrs) has none
             raise SpecError(f"{source}: {where} is out of range, got {_short(value)}")
         return value
@@ -281,6 +284,10 @@ def _coerce(value: Any, f: dataclasses.Field, where: str, source: str) -> Any:
             raise SpecError(f"{source}: {where} must be a list of strings, got {_short(value)}")
         return tuple(value)
     raise AssertionError(f"no coercion for {kind}")
+
+
+# what a user who writes a word where a number goes should read
+_INT_HINTS = {"[run] shard_size": " (0 = automatic)"}
 
 
 def _name(key: Any) -> str:
@@ -372,8 +379,8 @@ def _check_values(spec: JobSpec) -> None:
         fail("[run] batch_size", f"must be positive, got {run.batch_size}")
     if run.workers < 0:
         fail("[run] workers", f"must be 0 (automatic) or positive, got {run.workers}")
-    if run.shard_size < 1:
-        fail("[run] shard_size", f"must be positive, got {run.shard_size}")
+    if run.shard_size < 0:
+        fail("[run] shard_size", f"must be 0 (automatic) or positive, got {run.shard_size}")
     if run.num_gpus < 0:
         fail("[run] num_gpus", f"must be 0 (automatic) or positive, got {run.num_gpus}")
     if run.device not in DEVICES:

@@ -61,6 +61,11 @@ def test_composites_lists_every_name_with_rules():
     [
         ({"dataset": {"colour": "red"}}, ["unknown key [dataset] colour"]),
         ({"run": {"batch_size": "big"}}, ["[run] batch_size", "integer"]),
+        ({"run": {"shard_size": -8}}, ["[run] shard_size", "0 (automatic) or positive", "-8"]),
+        (
+            {"run": {"shard_size": "auto"}},
+            ["[run] shard_size must be an integer (0 = automatic), got 'auto'"],
+        ),
         ({"dataset": {"kind": "voc", "root": "/no/such/voc"}}, ["[dataset] root", "/no/such/voc"]),
         ({"model": {"arch": "vgg17"}}, ["[model] arch", "vgg17"]),
         ({"attribution": {"composites": ["EpsilonMinus"]}}, ["EpsilonMinus"]),

@@ -162,7 +162,8 @@ def test_the_dry_run_says_how_big_a_shard_object_is_and_which_shard_size_fits():
     """A heatmap shard is one object: 224 x 224 float16 at ~100 kB a row is 6.4 MB at 64
     rows (inside 4..100 MB); 32 x 32 at 2 kB a row is 128 kB, so it proposes 16,384 rows
     (2^14, the power of two nearest 32 MB / 2 kB = 15,625)."""
-    from heatjob.job.dryrun import shard_advice, suggested_shard_size
+    from heatjob.job.dryrun import shard_advice
+    from heatjob.job.plan import suggested_shard_size
 
     assert suggested_shard_size(100_352) == 256  # 32e6 / 100,352 = 319 -> 2^8
     assert suggested_shard_size(2048) == 16384

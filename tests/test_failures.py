@@ -160,7 +160,7 @@ def spec_text(tmp_path: Path, **replace: str) -> Path:
 
 
 BAD_SPECS = [
-    ({"shard_size": "shard_size = 0"}, ["[run] shard_size must be positive, got 0"]),
+    ({"shard_size": "shard_size = -1"}, ["[run] shard_size must be 0 (automatic) or positive"]),
     ({"extra": "[gpu]\ncount = 1"}, ["unknown section [gpu]"]),
     ({"arch": "arch = small_cnn"}, ["invalid TOML"]),
     ({"num_classes": "num_classes = 6\nmean = [nan, 0.5, 0.5]"}, ["[model] mean", "finite"]),

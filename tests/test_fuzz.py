@@ -92,7 +92,7 @@ def check_spec_outcome(load) -> None:
         assert message and "\n" not in message
         return
     assert isinstance(spec, JobSpec)
-    assert spec.run.batch_size >= 1 and spec.run.shard_size >= 1 and spec.run.workers >= 0
+    assert spec.run.batch_size >= 1 and spec.run.shard_size >= 0 and spec.run.workers >= 0
     assert spec.dataset.image_size >= 8 and spec.attribution.composites
     assert all(math.isfinite(v) for v in (*spec.model.mean, *spec.model.std))
     assert parse_spec(spec.to_dict(), source=spec.source) == spec

@@ -11,14 +11,14 @@ Nothing is written to the store location and no Ray is started (with
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from heatjob.job.prepare import PreparedJob, prepare
+from heatjob.job.plan import MIN_UNITS, SHARD_RANGE_BYTES, SHARD_TARGET_BYTES, suggested_shard_size
+from heatjob.job.prepare import PreparedJob, heatmap_row_bytes, prepare
 from heatjob.job.runner import WorkerPlan, cluster_resources, plan_workers
 from heatjob.job.state import store_state
 from heatjob.job.worker import UnitWorker
@@ -63,8 +63,7 @@ class DryRun:
 
     @property
     def raw_bytes(self) -> int:
-        size, itemsize = self.job.spec.dataset.image_size, np.dtype(self.job.spec.store.dtype)
-        return self.job.plan.n_rows * self.n_composites * size * size * itemsize.itemsize
+        return self.job.plan.n_rows * self.n_composites * heatmap_row_bytes(self.job.spec)
 
     @property
     def metadata_bytes(self) -> int:
@@ -125,7 +124,7 @@ def dry_run(
 ) -> DryRun:
     """Everything submit would decide, and one calibration batch; the store that submit
     would refuse is refused here with the same error."""
-    job = prepare(spec, progress=progress)
+    job = prepare(spec, progress=progress, overwrite=overwrite)
     state = store_state(job, overwrite=overwrite)
     resources, source = cluster_resources(address)
     workers = plan_workers(
@@ -190,7 +189,7 @@ def format_dry_run(run: DryRun) -> str:
             f"stored ({cal.bytes_per_row:,.0f} B/row/source, measured); "
             f"other arrays <= {_bytes(run.metadata_bytes)}",
         ),
-        ("shards", shard_advice(plan.shard_size, cal.bytes_per_row)),
+        ("shards", shard_line(job, cal.bytes_per_row)),
         (
             "estimate",
             f"~{_duration(run.start_s + run.compute_s)}: {_duration(run.compute_s)} of "
@@ -202,14 +201,28 @@ def format_dry_run(run: DryRun) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
 
 
-SHARD_TARGET_BYTES = 32e6  # an object size object stores serve well (a few MB .. ~100 MB)
-SHARD_RANGE_BYTES = (4e6, 100e6)
-
-
-def suggested_shard_size(bytes_per_row: float) -> int:
-    """A power of two of rows that puts a heatmap shard (one object) nearest 32 MB."""
-    rows = max(1.0, SHARD_TARGET_BYTES / max(bytes_per_row, 1.0))
-    return int(2 ** round(math.log2(rows)))
+def shard_line(job: PreparedJob, bytes_per_row: float) -> str:
+    """The `shards` line: the shard size, whether it was automatic and why it is what it
+    is, and one heatmap shard object's size (bytes_per_row: measured, compressed)."""
+    spec_size, size = job.spec.run.shard_size, job.plan.shard_size
+    whole = f", {size} with whole samples" if size != spec_size else ""
+    if job.shard_size_from == "spec":
+        return f"shard_size {spec_size} (set in the spec{whole}): " + shard_advice(
+            size, bytes_per_row
+        )
+    if job.shard_size_from == "store":
+        why = ", as the store being resumed was made with"
+    elif spec_size < suggested_shard_size(heatmap_row_bytes(job.spec)):
+        why = f", capped: the largest power of two <= {job.plan.n_rows} rows / {MIN_UNITS}"
+    else:
+        why = ""
+    low, high = SHARD_RANGE_BYTES
+    return (
+        f"shard_size auto: {spec_size} row{'s' * (spec_size != 1)}{whole}{why}, "
+        f"~{_bytes(size * heatmap_row_bytes(job.spec))} per heatmap shard raw "
+        f"(target {_bytes(SHARD_TARGET_BYTES)}, range {_bytes(low)}..{_bytes(high)}), "
+        f"~{_bytes(size * bytes_per_row)} stored (one object)"
+    )
 
 
 def shard_advice(shard_size: int, bytes_per_row: float) -> str:

@@ -8,12 +8,16 @@ array, so a unit is written by one worker in one call and never shares a shard.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 PENDING_TARGET = -1  # rows/target before the worker has chosen it (targets = predicted:K)
+SHARD_TARGET_BYTES = 32e6  # an object size object stores serve well (a few MB .. ~100 MB)
+SHARD_RANGE_BYTES = (4e6, 100e6)
+MIN_UNITS = 16  # an automatic shard_size leaves at least this many units where rows allow
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,20 @@ def effective_shard_size(shard_size: int, targets: str, num_classes: int) -> int
     return -(-shard_size // per_sample) * per_sample
 
 
+def suggested_shard_size(bytes_per_row: float) -> int:
+    """A power of two of rows that puts a heatmap shard (one object) nearest 32 MB."""
+    rows = max(1.0, SHARD_TARGET_BYTES / max(bytes_per_row, 1.0))
+    return int(2 ** round(math.log2(rows)))
+
+
+def auto_shard_size(n_rows: int, bytes_per_row: float) -> int:
+    """`[run] shard_size = 0`: the power of two of rows nearest 32 MB per heatmap shard
+    (suggested_shard_size), but at most the largest power of two <= n_rows / 16, and at
+    least 1, so that a small job still spreads over MIN_UNITS units."""
+    cap = 1 << max(0, (n_rows // MIN_UNITS).bit_length() - 1)
+    return min(suggested_shard_size(bytes_per_row), cap)
+
+
 def make_plan(
     labels: np.ndarray | Sequence[Sequence[int]],
     targets: str,
@@ -104,6 +122,18 @@ def make_plan(
     """Rows and units for a job (a skipped sample has none, so units still hold whole
     samples under predicted:K and all)."""
     rows_sample, rows_target = plan_rows(labels, targets, num_classes, skip)
+    return plan_units(rows_sample, rows_target, targets, num_classes, shard_size)
+
+
+def plan_units(
+    rows_sample: np.ndarray,
+    rows_target: np.ndarray,
+    targets: str,
+    num_classes: int,
+    shard_size: int,
+) -> Plan:
+    """The plan of rows already planned (plan_rows), split into units of shard_size rows
+    (rounded up to whole samples where targets give every sample the same rows)."""
     shard_size = effective_shard_size(shard_size, targets, num_classes)
     return Plan(rows_sample, rows_target, shard_size, split_units(rows_sample, shard_size))
 

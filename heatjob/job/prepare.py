@@ -1,8 +1,10 @@
 """Planning in the driver: check everything the spec names, read the annotations, and
 build the arrays the store starts with and the plan of rows and units.
 
-No store: `submit` and `submit --dry-run` both start here. The annotations of a large
-data set are read in Ray tasks when the caller offers a cluster (heatjob.job.annotations).
+No store, except its root attribute when an automatic [run] shard_size is to be kept
+from a store being resumed: `submit` and `submit --dry-run` both start here. The
+annotations of a large data set are read in Ray tasks when the caller offers a cluster
+(heatjob.job.annotations).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from heatjob.attribution.lrp import composite_names, ensure_supported
 from heatjob.data import open_job_dataset
 from heatjob.errors import DataError, SpecError
 from heatjob.job.annotations import MapBlocks, read_annotations
-from heatjob.job.plan import Plan, make_plan
+from heatjob.job.plan import Plan, auto_shard_size, plan_rows, plan_units
 from heatjob.models import build_model, file_sha256
 from heatjob.spec import JobSpec, with_overrides
+from heatjob.store.layout import stored_shard_size
 
 
 @dataclass(frozen=True)
@@ -34,15 +37,25 @@ class PreparedJob:
     checkpoint_sha256: str
     failures: dict[int, str]  # samples whose annotation could not be read: index -> reason
     boxes_cropped_away: int = 0  # boxes that [dataset] resize = "crop" cut away entirely
+    # where spec.run.shard_size came from: "spec" (set there), "auto" (computed) or
+    # "store" (automatic, kept from the store being resumed); see resolve_shard_size
+    shard_size_from: str = "spec"
 
 
 def prepare(
-    spec: JobSpec, progress: bool = True, on_cluster: Callable[[], MapBlocks] | None = None
+    spec: JobSpec,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_cluster: Callable[[], MapBlocks] | None = None,
 ) -> PreparedJob:
-    """Check everything the spec names and read the annotations; no store.
+    """Check everything the spec names and read the annotations.
 
+    The job's spec is the resolved one: Grad-CAM layers and [run] shard_size filled in.
+    An automatic shard_size is that of the spec stored in a heatjob store already at the
+    store path (so it resumes), unless `overwrite` (submit --overwrite) replaces it.
     on_cluster: gives the map that reads the annotations of a large data set in Ray tasks
-    (heatjob.job.annotations); without it, or for a small one, they are read here."""
+    (heatjob.job.annotations); without it, or for a small one, they are read here.
+    """
     src = spec.source
     known = composite_names()
     for name in spec.attribution.composites:
@@ -86,6 +99,9 @@ def prepare(
 
     if len(dataset) == 0:
         raise SpecError(f"{src}: [dataset] has no samples (root {spec.dataset.root!r})")
+    store_shard_size = 0
+    if not spec.run.shard_size and not overwrite:
+        store_shard_size = stored_shard_size(spec.store.path, spec.store.storage_options)
     notes = read_annotations(dataset, spec, num_classes, progress, on_cluster)
     failures = notes.failures
     job = job_from_arrays(
@@ -102,6 +118,7 @@ def prepare(
         checkpoint_sha256=file_sha256(m.checkpoint) if m.checkpoint else "",
         failures=failures,
         boxes_cropped_away=notes.cropped_away,
+        store_shard_size=store_shard_size,
     )
     if job.plan.n_rows == 0 and failures:
         first = min(failures)
@@ -144,6 +161,22 @@ def _resolve_method_layers(spec: JobSpec, model) -> JobSpec:
     return with_overrides(spec, attribution={"methods": methods})
 
 
+def heatmap_row_bytes(spec: JobSpec) -> int:
+    """One heatmap row uncompressed: image_size x image_size x the [store] dtype's itemsize."""
+    return spec.dataset.image_size**2 * np.dtype(spec.store.dtype).itemsize
+
+
+def resolve_shard_size(spec: JobSpec, n_rows: int, store_shard_size: int = 0) -> tuple[int, str]:
+    """[run] shard_size as the job runs it, and where it comes from: "spec" (set there),
+    "store" (automatic, and a store being resumed was made with `store_shard_size`) or
+    "auto" (automatic: heatjob.job.plan.auto_shard_size of the job's rows and row bytes)."""
+    if spec.run.shard_size:
+        return spec.run.shard_size, "spec"
+    if store_shard_size:
+        return store_shard_size, "store"
+    return auto_shard_size(n_rows, heatmap_row_bytes(spec)), "auto"
+
+
 def job_from_arrays(
     spec: JobSpec,
     labels: np.ndarray,
@@ -159,19 +192,27 @@ def job_from_arrays(
     checkpoint_sha256: str = "",
     failures: dict[int, str] | None = None,
     boxes_cropped_away: int = 0,
+    store_shard_size: int = 0,
 ) -> PreparedJob:
     """A prepared job from annotation arrays: what `prepare` builds from a data set, and
     what benchmarks and tests build to make a real store of known contents.
 
     labels: (N, C) bool, classes present per sample. Boxes are in heatmap pixels; absent
     arrays mean no boxes, sample ids "0", "1", ... and sizes of image_size.
+    store_shard_size: the shard_size an automatic one keeps (resolve_shard_size).
+    The job's spec holds the shard_size the rows were split by.
     """
     labels = np.asarray(labels, dtype=bool)
     n, num_classes = labels.shape
     failures = dict(failures or {})
+    targets = spec.attribution.targets
     skip = np.zeros(n, dtype=bool)
     skip[list(failures)] = True
-    plan = make_plan(labels, spec.attribution.targets, num_classes, spec.run.shard_size, skip)
+    rows_sample, rows_target = plan_rows(labels, targets, num_classes, skip)
+    shard_size, shard_size_from = resolve_shard_size(spec, len(rows_sample), store_shard_size)
+    if shard_size != spec.run.shard_size:
+        spec = with_overrides(spec, run={"shard_size": shard_size})
+    plan = plan_units(rows_sample, rows_target, targets, num_classes, shard_size)
     size = spec.dataset.image_size
     arrays = {
         "sizes": np.full((n, 2), size, np.int32) if sizes is None else np.asarray(sizes, np.int32),
@@ -197,4 +238,5 @@ def job_from_arrays(
         checkpoint_sha256=checkpoint_sha256,
         failures=failures,
         boxes_cropped_away=boxes_cropped_away,
+        shard_size_from=shard_size_from,
     )

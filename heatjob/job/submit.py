@@ -106,8 +106,9 @@ def _submit(
     progress: bool,
     retry_failed: bool,
 ) -> SubmitSummary:
-    job = prepare(spec, progress=progress, on_cluster=ray_session.map_blocks)
-    spec = job.spec  # with what prepare resolved against the model (Grad-CAM layers)
+    job = prepare(spec, progress, overwrite, on_cluster=ray_session.map_blocks)
+    # with what prepare resolved: Grad-CAM layers against the model, an automatic shard_size
+    spec = job.spec
     path = spec.store.path
     state = store_state(job, overwrite=overwrite, mode="r+", retry_failed=retry_failed)
     if state.replaces:

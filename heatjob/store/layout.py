@@ -29,7 +29,7 @@ from heatjob.errors import HeatjobError
 from heatjob.job.plan import PENDING_TARGET
 from heatjob.store import schema
 from heatjob.store.curves import create_curves
-from heatjob.store.location import open_group, redact
+from heatjob.store.location import Location, open_group, redact
 
 if TYPE_CHECKING:
     from heatjob.job.prepare import PreparedJob
@@ -287,6 +287,25 @@ def open_store(
             f"{path} has store format {attrs.get('format')}, this heatjob reads {readable}"
         )
     return root, StoreInfo(path, dict(attrs))
+
+
+def stored_shard_size(path: str, storage_options: dict | None = None) -> int:
+    """The [run] shard_size of the spec stored in the heatjob store at `path`, read from
+    its root attribute alone; 0 where nothing is there, where it is no heatjob store
+    (heatjob.job.state says what is wrong with it) or its spec holds no positive one.
+
+    The spec's value, not the root's `shard_size`: that is the effective one, which
+    predicted:K and all round up to whole samples."""
+    if not Location(path, storage_options).names():
+        return 0
+    try:
+        _, info = open_store(path, storage_options=storage_options)
+    except HeatjobError:
+        return 0
+    spec = info.attrs["spec"]
+    run = spec.get("run") if isinstance(spec, dict) else None
+    value = run.get("shard_size") if isinstance(run, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def stored_bytes_per_row(maps: dict[str, np.ndarray], dtype: str) -> float:
