@@ -2,15 +2,17 @@
 
 The same job (synthetic shapes, the shipped small CNN, 2 composites at 32x32, batch 4, one
 CPU worker of one torch thread) runs twice per store kind, once in many small units
-(`--small-shard` rows) and once in few large ones (`--large-shard` rows), with the same
-batches; the difference over the difference in units is the cost of one unit:
+(`--small-shard` rows, the batch size: one batch per unit) and once in few large ones
+(`--large-shard` rows, a multiple of it), so with the same batches; the difference over
+the difference in units is the cost of one unit:
 
 - S3 requests per unit: the store on moto's S3 server on loopback, counting the requests
   its log shows (driver and worker together);
 - wall seconds per unit beyond its compute, and the driver's CPU seconds per unit (read
   from /proc for the CLI's own process: Ray's processes are not in it), on a local folder;
 - planning: `prepare` + `create_store` of a synthetic job of 10^4 .. `--plan-max` samples,
-  in a subprocess each (seconds, the process's peak RSS).
+  in a subprocess each (seconds, the driver process's peak RSS); from 50,000 samples the
+  annotations are read in Ray tasks on a local Ray, as `heatjob submit` reads them.
 
 `--code DIR` runs another checkout's heatjob (PYTHONPATH=DIR), so that one invocation of
 this file measures the code before and after a change alike.
@@ -168,16 +170,25 @@ import json, resource, sys, time
 from heatjob.job.prepare import prepare
 from heatjob.spec import parse_spec
 from heatjob.store.layout import create_store
+try:  # the annotations in Ray tasks, as submit reads them (code before that: in the driver)
+    from heatjob.job.submit import RaySession
+    session = RaySession(None)
+    options = {"on_cluster": session.map_blocks}
+except ImportError:
+    session, options = None, {}
 n, path = int(sys.argv[1]), sys.argv[2]
 spec = parse_spec({"dataset": {"kind": "synthetic", "num_samples": n, "image_size": 32},
     "model": {"arch": "small_cnn", "num_classes": 0},
     "attribution": {"composites": ["EpsilonPlusFlat"]},
     "store": {"path": path}, "run": {"shard_size": 64}}, source="bench")
-t0 = time.perf_counter(); job = prepare(spec, progress=False); t1 = time.perf_counter()
+t0 = time.perf_counter(); job = prepare(spec, progress=False, **options); t1 = time.perf_counter()
 create_store(job); t2 = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+tasks = bool(session and session.connected)
+if session:
+    session.close()
 print(json.dumps({"samples": n, "rows": job.plan.n_rows, "prepare_s": t1 - t0,
-    "create_store_s": t2 - t1, "peak_rss_mb": rss}))
+    "create_store_s": t2 - t1, "peak_rss_mb": rss, "in_ray_tasks": tasks}))
 """
 
 
@@ -202,8 +213,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--code", type=Path, default=ROOT, help="the heatjob checkout to run")
     parser.add_argument("--label", default="", help="names the code in the JSON (e.g. main)")
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--small-shard", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--small-shard", type=int, default=4, help="= the batch size")
     parser.add_argument("--large-shard", type=int, default=256)
     parser.add_argument("--plan-max", type=int, default=100_000)
     args = parser.parse_args()
