@@ -9,7 +9,9 @@ the difference in units is the cost of one unit:
 - S3 requests per unit: the store on moto's S3 server on loopback, counting the requests
   its log shows (driver and worker together);
 - wall seconds per unit beyond its compute, and the driver's CPU seconds per unit (read
-  from /proc for the CLI's own process: Ray's processes are not in it), on a local folder;
+  from /proc for the CLI's own process: Ray's processes are not in it), on a local folder,
+  with `targets = "predicted:1"` (one row per image, so both runs compute the same
+  batches; the S3 runs keep `labels`, whose units split samples);
 - planning: `prepare` + `create_store` of a synthetic job of 10^4 .. `--plan-max` samples,
   in a subprocess each (seconds, the driver process's peak RSS); from 50,000 samples the
   annotations are read in Ray tasks on a local Ray, as `heatjob submit` reads them.
@@ -37,6 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "models" / "small_cnn_shapes.pt"
 COMPOSITES = ["EpsilonPlusFlat", "cmp-a2b1-flat"]
+# one row per sample, so a unit of `--small-shard` rows is one batch of that many images:
+# the many-small and few-large runs compute the same batches
+LOCAL_TARGETS = "predicted:1"
 
 
 class RequestCounter(logging.Handler):
@@ -49,7 +54,9 @@ class RequestCounter(logging.Handler):
             self.count += 1
 
 
-def spec_toml(store: str, shard: int, samples: int, options: dict | None) -> str:
+def spec_toml(
+    store: str, shard: int, samples: int, options: dict | None, targets: str = "labels"
+) -> str:
     lines = [
         "[dataset]",
         'kind = "synthetic"',
@@ -61,6 +68,7 @@ def spec_toml(store: str, shard: int, samples: int, options: dict | None) -> str
         "num_classes = 6",
         "[attribution]",
         f"composites = {json.dumps(COMPOSITES)}",
+        f'targets = "{targets}"',
         "[store]",
         f'path = "{store}"',
         'dtype = "float16"',
@@ -119,10 +127,12 @@ def local_runs(code: Path, base: Path, samples: int, shards: tuple[int, int]) ->
     runs = {}
     for shard in shards:
         spec = base / f"local-{shard}.toml"
-        spec.write_text(spec_toml(str(base / f"local-{shard}.zarr"), shard, samples, None))
+        store = str(base / f"local-{shard}.zarr")
+        spec.write_text(spec_toml(store, shard, samples, None, LOCAL_TARGETS))
         runs[shard] = run_cli(code, spec)
     small, large = runs[shards[0]], runs[shards[1]]
     return {
+        "targets": LOCAL_TARGETS,
         "runs": {str(k): v for k, v in runs.items()},
         "wall_s_per_unit": per_unit(small, large, "wall_s"),
         "driver_cpu_s_per_unit": per_unit(small, large, "driver_cpu_s"),
@@ -217,7 +227,11 @@ def main() -> None:
     parser.add_argument("--small-shard", type=int, default=4, help="= the batch size")
     parser.add_argument("--large-shard", type=int, default=256)
     parser.add_argument("--plan-max", type=int, default=100_000)
+    parser.add_argument(
+        "--parts", default="s3,local,planning", help="which measurements (comma-separated)"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     shards = (args.small_shard, args.large_shard)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -234,12 +248,14 @@ def main() -> None:
                 "batch_size": 4,
                 "workers": 1,
             },
-            "s3": s3_runs(args.code, base, args.samples, shards),
-            "local": local_runs(args.code, base, args.samples, shards),
-            "planning": planning(
-                args.code, base, [n for n in (10_000, 100_000, 1_000_000) if n <= args.plan_max]
-            ),
         }
+        if "s3" in parts:
+            result["s3"] = s3_runs(args.code, base, args.samples, shards)
+        if "local" in parts:
+            result["local"] = local_runs(args.code, base, args.samples, shards)
+        if "planning" in parts:
+            sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= args.plan_max]
+            result["planning"] = planning(args.code, base, sizes)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"scale-{args.label}" if args.label else "scale"

@@ -74,7 +74,8 @@ def heatjob(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 class CountingLocalStore:
     """Counts every request heatjob's zarr makes of a local store (get, set, delete,
-    exists, list), by key, while installed."""
+    exists, list), by key, while installed; and the objects heatjob writes into a local
+    store's files itself (records.put_file, counted as a set or a delete)."""
 
     def __init__(self, monkeypatch) -> None:
         self.calls: Counter = Counter()
@@ -82,6 +83,15 @@ class CountingLocalStore:
         store = zarr.storage.LocalStore
         for name in ("get", "set", "delete", "exists", "get_partial_values"):
             monkeypatch.setattr(store, name, self._counted(getattr(store, name), name))
+        put_file = records.put_file
+
+        def counted_put_file(path, data):
+            name = "set" if data is not None else "delete"
+            self.calls[name] += 1
+            self.keys.append((name, str(path)))
+            return put_file(path, data)
+
+        monkeypatch.setattr(records, "put_file", counted_put_file)
 
     def _counted(self, method, name):
         async def counted(store, *args, **kwargs):

@@ -116,7 +116,7 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
     root = open_group(spec.store.path, "w", spec.store.storage_options)
     n_samples, n_classes = a["labels"].shape
     # variable-length UTF-8: the string type Zarr v3 specifies
-    small_array(root, schema.SAMPLE_ID, np.asarray(job.sample_ids, dtype=object), dtype=str)
+    small_array(root, schema.SAMPLE_ID, np.asarray(job.sample_ids, dtype=str), dtype=str)
     small_array(root, schema.SAMPLE_SIZE, np.asarray(a["sizes"], dtype=np.int32))
     small_array(root, schema.SAMPLE_LABELS, np.asarray(a["labels"], dtype=bool))
     root.create_array(
@@ -193,8 +193,13 @@ def small_array(
         dimension_names=schema.DIMENSIONS[name],
         fill_value=fill,
     )
-    if data.size and (fill is None or not np.all(data == fill)):
+    if not data.size or (fill is not None and np.all(data == fill)):
+        return
+    if data.dtype.kind != "U":
         array[...] = data
+        return
+    for start in range(0, len(data), block):  # strings become Python objects a block at a time
+        array[start : start + block] = data[start : start + block].astype(object)
 
 
 def _failure_record_arrays(
