@@ -146,7 +146,7 @@ def test_prepare_puts_crowd_boxes_in_the_store_arrays_with_the_difficult_flag(co
     job = prepare(parse_spec(_spec(coco, tmp_path / "s.zarr")), progress=False)
     assert job.num_classes == len(COCO_CATEGORIES)
     assert job.arrays["boxes_difficult"].sum() >= 1
-    assert set(job.failures) == {job.sample_ids.index(str(i)) for i in coco.malformed}
+    assert set(job.failures) == {job.sample_ids.tolist().index(str(i)) for i in coco.malformed}
 
 
 def test_missing_annotations_key_is_a_spec_error_naming_it(coco, tmp_path):
