@@ -21,7 +21,7 @@ import zarr
 from heatjob.store import schema
 from heatjob.store.layout import owned_starts
 from heatjob.store.location import open_group
-from heatjob.store.records import COPIED_ATTRIBUTE, parsed_records
+from heatjob.store.records import COPIED_ATTRIBUTE, owned_logits, parsed_records
 
 BLOCK = 4096  # the chunk length of the per-unit and per-sample arrays (layout._BLOCK)
 
@@ -88,13 +88,7 @@ def assemble_sample_block(root: zarr.Group, block: SampleBlock) -> None:
     records of the units that own them, the failures the driver found while planning
     (already there) and those the workers recorded."""
     a, b = block.start, block.stop
-    logits = root[schema.SAMPLE_LOGITS][a:b].astype(np.float32)
-    units = slice(block.first_unit, block.first_unit + len(block.recorded))
-    per_unit = root[schema.UNIT_LOGITS][units] if block.recorded.any() else None
-    for i in np.flatnonzero(block.recorded):
-        first, end = int(block.starts[i]), int(block.starts[i + 1])
-        lo, hi = max(first, a), min(end, b)
-        logits[lo - a : hi - a] = per_unit[i, lo - first : hi - first]
+    logits = owned_logits(root, a, b, block.first_unit, block.starts, block.recorded)
     failed = root[schema.SAMPLE_FAILED][a:b]
     reasons = root[schema.SAMPLE_FAILURE][a:b]
     for sample, reason in block.failures.items():

@@ -291,13 +291,26 @@ def sample_logits(root: zarr.Group, texts: list[dict | None] | None = None) -> n
     info = root.attrs[schema.ROOT_ATTRIBUTE]
     n_samples = root[schema.SAMPLE_ID].shape[0]
     starts = owned_starts(root[schema.ROW_SAMPLE][:], int(info["shard_size"]), n_samples)
-    per_unit = root[schema.UNIT_LOGITS][:]
-    recorded = [r is not None for r in (parsed_records(root) if texts is None else texts)]
-    # units without a record but flagged done in units/done: samples/logits holds theirs
-    out = root[schema.SAMPLE_LOGITS][:].astype(np.float32)
-    for u in range(per_unit.shape[0]):
-        if recorded[u]:
-            out[starts[u] : starts[u + 1]] = per_unit[u, : starts[u + 1] - starts[u]]
+    records = parsed_records(root) if texts is None else texts
+    recorded = np.array([r is not None for r in records], dtype=bool)
+    return owned_logits(root, 0, n_samples, 0, starts, recorded)
+
+
+def owned_logits(
+    root: zarr.Group, a: int, b: int, first_unit: int, starts: np.ndarray, recorded: np.ndarray
+) -> np.ndarray:
+    """(b - a, C) float32: the logits of samples a .. b, from the units/logits chunks of
+    the units with a record among units first_unit .. first_unit + len(recorded), which
+    own samples starts[i] .. starts[i + 1]. Units without a record but flagged done in
+    units/done (format 1's, or redone ones before a copy): samples/logits holds theirs."""
+    out = root[schema.SAMPLE_LOGITS][a:b].astype(np.float32)
+    if not recorded.any():
+        return out
+    per_unit = root[schema.UNIT_LOGITS][first_unit : first_unit + len(recorded)]
+    for i in np.flatnonzero(recorded):
+        first, end = int(starts[i]), int(starts[i + 1])
+        lo, hi = max(first, a), min(end, b)
+        out[lo - a : hi - a] = per_unit[i, lo - first : hi - first]
     return out
 
 
