@@ -79,3 +79,17 @@ def test_other_codec_chains_are_left_to_zarr(tmp_path):
         "t", shape=(8, 4, 4), dtype="float32", chunks=(2, 4, 4), shards=(4, 4, 4)
     )
     assert encoder_for(two_rows) is None
+
+
+def test_a_units_targets_padded_to_the_last_chunk_are_the_bytes_zarr_writes(tmp_path):
+    """rows/target under predicted:K: one chunk per unit; the last unit's chunk is padded
+    with the fill value, as zarr stores an edge chunk."""
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    targets = root.create_array("t", shape=(10,), dtype="int32", chunks=(4,), fill_value=-1)
+    encoder = encoder_for(targets)
+    targets[8:10] = [5, 0]
+    padded = np.array([5, 0, -1, -1], dtype=np.int32)
+    assert encoder.key(2) == "t/c/2"
+    assert stored(targets, "t/c/2") == encoder.encode(padded)
+    targets[0:4] = [3, 1, 4, 1]
+    assert stored(targets, "t/c/0") == encoder.encode(np.array([3, 1, 4, 1], np.int32))

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from heatjob.cli import app
 from heatjob.eval.merge import merge
-from heatjob.job.plan import owned_samples
+from heatjob.job.plan import first_batch, owned_samples
 from heatjob.job.prepare import prepare
 from heatjob.job.worker import UnitWorker
 from heatjob.spec import parse_spec
@@ -309,3 +309,62 @@ def test_units_that_own_no_sample_write_no_logits_and_every_sample_gets_its_own(
     np.testing.assert_allclose(records.sample_logits(root), expected, rtol=1e-5, atol=1e-6)
     chunks = {p.name for p in (tmp_path / "one.zarr" / "units" / "logits" / "c").iterdir()}
     assert chunks == {str(u) for u, o in enumerate(owned) if len(o)}
+
+
+def test_the_last_units_targets_fill_its_shorter_chunk(tmp_path, monkeypatch):
+    """predicted:2 over 11 samples in 4-row units: the last unit has 2 rows, and its
+    chunk of rows/target (written whole by the worker, padded as zarr pads an edge chunk)
+    reads back as the targets it chose, like every other unit's."""
+    monkeypatch.chdir(REPO)
+    raw = spec_020(tmp_path / "t.zarr")
+    raw["dataset"]["num_samples"] = 11
+    job = prepare(parse_spec(raw, source="test"), progress=False)
+    create_store(job)
+    plan, n = job.plan, len(job.sample_ids)
+    assert plan.units[-1].row_stop - plan.units[-1].row_start == 2
+    worker = UnitWorker(job.spec.to_dict(), raw["store"]["path"], job.num_classes, threads=1)
+    chosen = []
+    for unit in plan.units:
+        rows = slice(unit.row_start, unit.row_stop)
+        owned = owned_samples(unit, plan.rows_sample, n)
+        result = worker.run_unit(unit, plan.rows_sample[rows], plan.rows_target[rows], owned)
+        chosen.append(result.row_targets)
+    targets = zarr.open_group(raw["store"]["path"], mode="r")["rows/target"][:]
+    np.testing.assert_array_equal(targets, np.concatenate(chosen))
+    assert (targets >= 0).all() and targets.shape == (22,)
+
+
+def counted(load, calls: list):
+    """`load`, noting each batch it is called with in `calls`."""
+
+    def wrapper(samples):
+        calls.append(tuple(samples))
+        return load(samples)
+
+    return wrapper
+
+
+def test_the_next_units_first_batch_is_loaded_once_and_changes_nothing(tmp_path, monkeypatch):
+    """Each unit given its successor's first batch (`then`, as the runner sends it): every
+    batch of the job is loaded exactly once, and the store holds what units run without
+    it write (the same batches, so bit for bit)."""
+    monkeypatch.chdir(REPO)
+    stores = {}
+    for hinted in (False, True):
+        raw = spec_020(tmp_path / f"{hinted}.zarr")
+        job = prepare(parse_spec(raw, source="test"), progress=False)
+        create_store(job)
+        plan, n = job.plan, len(job.sample_ids)
+        worker = UnitWorker(job.spec.to_dict(), raw["store"]["path"], job.num_classes, 1)
+        loads = []
+        worker.load = counted(worker.load, loads)
+        units = plan.units
+        for unit, after in zip(units, [*units[1:], None], strict=True):
+            then = first_batch(after, plan.rows_sample, n, 4) if hinted and after else None
+            rows = slice(unit.row_start, unit.row_stop)
+            owned = owned_samples(unit, plan.rows_sample, n)
+            worker.run_unit(unit, plan.rows_sample[rows], plan.rows_target[rows], owned, 1, then)
+        assert len(loads) == len(set(loads)) == len(units)  # 2 samples a unit: one batch
+        stores[hinted] = zarr.open_group(raw["store"]["path"], mode="r")
+    for name in ["heatmaps/EpsilonPlusFlat", "rows/target", "units/logits"]:
+        np.testing.assert_array_equal(stores[True][name][:], stores[False][name][:])

@@ -162,3 +162,19 @@ def owned_samples(unit: Unit, rows_sample: np.ndarray, n_samples: int) -> range:
     if unit.row_stop == len(rows_sample):
         last = n_samples
     return range(first, last)
+
+
+def unit_batches(rows_sample: np.ndarray, owned: range, batch_size: int) -> list[list[int]]:
+    """The batches a worker loads for a unit: the samples of its rows (`rows_sample`, the
+    unit's slice) and those it owns, in order, `batch_size` at a time."""
+    samples = sorted(set(rows_sample.tolist()) | set(owned))
+    return [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+
+
+def first_batch(
+    unit: Unit, rows_sample: np.ndarray, n_samples: int, batch_size: int
+) -> list[int] | None:
+    """The first batch `unit` loads (`rows_sample`: the whole plan's), None if none."""
+    rows = rows_sample[unit.row_start : unit.row_stop]
+    batches = unit_batches(rows, owned_samples(unit, rows_sample, n_samples), batch_size)
+    return batches[0] if batches else None

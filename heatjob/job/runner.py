@@ -19,7 +19,7 @@ import numpy as np
 import ray
 
 from heatjob.errors import HeatjobError, SpecError
-from heatjob.job.plan import Unit, owned_samples
+from heatjob.job.plan import Unit, first_batch, owned_samples
 
 if TYPE_CHECKING:
     from heatjob.job.worker import UnitResult
@@ -246,11 +246,17 @@ def run_units(
     def new_actor():
         return actor_class.remote(spec_dict, store_path, num_classes, workers.threads)
 
+    batch_size = int(spec_dict["run"]["batch_size"])
+
     def dispatch(actor, unit: Unit):
         rows = slice(unit.row_start, unit.row_stop)
         owned = owned_samples(unit, rows_sample, n_samples)
+        # Units go out in order as actors free up, so this actor's next one is likely the
+        # one a pool's length further on: its first batch loads while this one is written.
+        after = queue[-workers.workers] if len(queue) >= workers.workers else None
+        then = None if after is None else first_batch(after, rows_sample, n_samples, batch_size)
         return actor.run_unit.remote(
-            unit, rows_sample[rows], rows_target[rows], owned, attempts[unit.index]
+            unit, rows_sample[rows], rows_target[rows], owned, attempts[unit.index], then
         )
 
     queue = list(reversed(units))  # pop() from the end takes units in order

@@ -22,8 +22,8 @@ from heatjob.data import open_job_dataset
 from heatjob.data.transforms import to_input
 from heatjob.errors import DataError, SpecError
 from heatjob.eval.perturbation import rows_curves
-from heatjob.job.plan import PENDING_TARGET, Unit
-from heatjob.job.prefetch import prefetch
+from heatjob.job.plan import PENDING_TARGET, Unit, unit_batches
+from heatjob.job.prefetch import Loader
 from heatjob.models import build_model
 from heatjob.spec import JobSpec, parse_spec
 from heatjob.store.curves import write_unit_curves
@@ -61,6 +61,7 @@ class UnitWorker:
         self.store_path = store_path
         self.node = ""  # the Ray node id, set by the runner's actor
         self._writer: UnitWriter | None = None  # the store, opened at the first unit
+        self.loader = Loader(self._timed_load)  # one loader thread for the worker's life
         self.device = pick_device(self.spec.run.device)
         if self.device.type == "cuda":
             # cuDNN's autotuner may pick another convolution algorithm per run; fixed,
@@ -90,7 +91,7 @@ class UnitWorker:
 
     def load(self, samples: list[int]) -> tuple[torch.Tensor, dict[int, str]]:
         """A batch of inputs on the CPU, and the samples whose image could not be read;
-        runs in the loader thread (heatjob.job.prefetch).
+        runs in the loader thread (heatjob.job.prefetch.Loader).
 
         An unreadable image does not stop the job: its input is zeros (so the batch keeps
         its shape), and `explain` turns its heatmap rows and logits into NaN.
@@ -109,18 +110,25 @@ class UnitWorker:
         # pinned memory lets the one copy to the GPU run asynchronously
         return (stacked.pin_memory() if self.device.type == "cuda" else stacked), failures
 
+    def _timed_load(self, samples: list[int]) -> tuple[torch.Tensor, dict[int, str], float]:
+        started = time.perf_counter()
+        return (*self.load(samples), time.perf_counter() - started)
+
     def explain(
-        self, rows_sample: np.ndarray, rows_target: np.ndarray, owned: range = range(0)
+        self,
+        rows_sample: np.ndarray,
+        rows_target: np.ndarray,
+        owned: range = range(0),
+        then: list[int] | None = None,
     ) -> Explained:
         """Load, run forward, choose targets and explain rows with every composite; writes
-        nothing. `owned`: samples whose logits are wanted besides the rows' own.
+        nothing. `owned`: samples whose logits are wanted besides the rows' own. `then`:
+        the first batch of the unit expected next, loaded once this one's last has been.
 
         The logits come from the first explainer's own forward pass, so K composites cost K
         forward passes, not K + 1; under predicted:K the targets are chosen from them before
         any backward pass (an LRP Explainer's `forward_pass`)."""
-        batch_size = self.spec.run.batch_size
-        samples = sorted(set(rows_sample.tolist()) | set(owned))
-        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+        chunks = unit_batches(rows_sample, owned, self.spec.run.batch_size)
         pending = bool((rows_target == PENDING_TARGET).any())
         targets = rows_target.astype(np.int32, copy=True)
         logits: dict[int, np.ndarray] = {}
@@ -130,7 +138,8 @@ class UnitWorker:
         keep_inputs = bool(self.spec.evaluation.faithfulness)
         timer = _Timer()
         # the next batch loads while this one is explained; each batch moves to the device once
-        for chunk, (batch, failed) in prefetch(chunks, timer.timed("load", self.load)):
+        for chunk, (batch, failed, seconds) in self.loader.batches(chunks, then):
+            timer.seconds["load"] += seconds  # in the loader thread
             failures.update(failed)
             x = batch.to(self.device, non_blocking=True)
             rows = np.flatnonzero(np.isin(rows_sample, chunk))
@@ -198,14 +207,17 @@ class UnitWorker:
         rows_target: np.ndarray,
         owned: range,
         attempts: int = 1,
+        then: list[int] | None = None,
     ) -> UnitResult:
         """Explain rows [unit.row_start, unit.row_stop); write their shards and, in a
         format 2 store, the unit's records, the done record last.
 
         attempts: which dispatch of the unit this is (the driver counts them).
+        then: the first batch of the unit the driver expects to send next, loaded while
+        this one is written (plan.first_batch).
         """
         start = time.perf_counter()
-        done = self.explain(rows_sample, rows_target, owned)
+        done = self.explain(rows_sample, rows_target, owned, then)
         _test_hold(unit)
         _test_fault(unit)
         checksum = self.writer.write_heatmaps(unit, done.heatmaps)
@@ -284,16 +296,6 @@ class _Timer:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - started
-
-    def timed(self, phase: str, function):
-        def run(*args):
-            started = time.perf_counter()
-            try:
-                return function(*args)
-            finally:
-                self.seconds[phase] += time.perf_counter() - started
-
-        return run
 
 
 def _test_hold(unit: Unit) -> None:

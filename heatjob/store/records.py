@@ -56,8 +56,12 @@ class UnitWriter:
             self.logits = root[schema.UNIT_LOGITS]
             self.targets = root[schema.ROW_TARGET]
             self.record = root[schema.UNIT_RECORD]
-            self.encoders[schema.UNIT_LOGITS] = encoder_for(self.logits)
-            self.encoders[schema.UNIT_RECORD] = encoder_for(self.record)
+            for name, array in [
+                (schema.UNIT_LOGITS, self.logits),
+                (schema.ROW_TARGET, self.targets),
+                (schema.UNIT_RECORD, self.record),
+            ]:
+                self.encoders[name] = encoder_for(array)
 
     @property
     def owns_records(self) -> bool:
@@ -91,9 +95,23 @@ class UnitWriter:
             padded[: len(logits)] = logits
             self._put(self.logits, schema.UNIT_LOGITS, unit.index, padded[None])
         if chosen_targets is not None:
-            self.targets[unit.row_start : unit.row_stop] = chosen_targets
+            self._put_targets(unit, chosen_targets)
         text = json.dumps(record, sort_keys=True)
         self._put(self.record, schema.UNIT_RECORD, unit.index, np.array([text], dtype=object))
+
+    def _put_targets(self, unit: Unit, targets: np.ndarray) -> None:
+        """The unit's rows of rows/target: under predicted:K its chunks are the units'
+        (heatjob.store.layout), so one whole chunk, padded to full length at the end of
+        the array as zarr stores it; through zarr where a store's chunks are not."""
+        rows = self.targets.chunks[0]
+        encoder = self.encoders[schema.ROW_TARGET]
+        whole = len(targets) == rows or unit.row_stop == self.targets.shape[0]
+        if encoder is None or unit.row_start != unit.index * rows or not whole:
+            self.targets[unit.row_start : unit.row_stop] = targets
+            return
+        chunk = np.full(rows, self.targets.fill_value, dtype=self.targets.dtype)
+        chunk[: len(targets)] = targets
+        put_encoded(encoder, unit.index, chunk)
 
     def _put(self, array: zarr.Array, name: str, index: int, chunk: np.ndarray) -> None:
         """Chunk `index` of a one-chunk-per-unit array, encoded here where heatjob can."""
