@@ -1,9 +1,10 @@
 """What one more unit costs, through the real CLI: `heatjob submit` in a subprocess.
 
 The same job (synthetic shapes, the shipped small CNN, 2 composites at 32x32, batch 4, one
-CPU worker of one torch thread) runs twice per store kind, once in many small units
-(`--small-shard` rows, the batch size: one batch per unit) and once in few large ones
-(`--large-shard` rows, a multiple of it), so with the same batches; the difference over
+CPU worker with as many torch threads as the machine has cores) runs twice per store
+kind, once in many small units (`--small-shard` rows, the batch size: one batch per unit)
+and once in few large ones (`--large-shard` rows, a multiple of it), so with the same
+batches; the difference over
 the difference in units is the cost of one unit:
 
 - S3 requests per unit: the store on moto's S3 server on loopback, counting the requests
@@ -11,7 +12,8 @@ the difference in units is the cost of one unit:
 - wall seconds per unit beyond its compute, and the driver's CPU seconds per unit (read
   from /proc for the CLI's own process: Ray's processes are not in it), on a local folder,
   with `targets = "predicted:1"` (one row per image, so both runs compute the same
-  batches; the S3 runs keep `labels`, whose units split samples);
+  batches; the S3 runs keep `labels`, whose units split samples); each local run
+  `--repeats` times, the medians taken;
 - planning: `prepare` + `create_store` of a synthetic job of 10^4 .. `--plan-max` samples,
   in a subprocess each (seconds, the driver process's peak RSS); from 50,000 samples the
   annotations are read in Ray tasks on a local Ray, as `heatjob submit` reads them.
@@ -28,7 +30,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,19 +127,39 @@ def per_unit(small: dict, large: dict, key: str) -> float:
     return (small[key] - large[key]) / (small["units"] - large["units"])
 
 
-def local_runs(code: Path, base: Path, samples: int, shards: tuple[int, int]) -> dict:
-    runs = {}
-    for shard in shards:
-        spec = base / f"local-{shard}.toml"
-        store = str(base / f"local-{shard}.zarr")
-        spec.write_text(spec_toml(store, shard, samples, None, LOCAL_TARGETS))
-        runs[shard] = run_cli(code, spec)
+def local_runs(
+    code: Path, base: Path, samples: int, shards: tuple[int, int], repeats: int = 3
+) -> dict:
+    """Each run `repeats` times, small and large in turn; the per-unit figures from the
+    median runs: Ray's start and the imports (seconds, whatever the units) vary from run
+    to run by about as much as 250 units cost."""
+    tries: dict[int, list[dict]] = {shard: [] for shard in shards}
+    for _ in range(max(1, repeats)):
+        for shard in shards:
+            spec = base / f"local-{shard}.toml"
+            store = base / f"local-{shard}.zarr"
+            shutil.rmtree(store, ignore_errors=True)
+            spec.write_text(spec_toml(str(store), shard, samples, None, LOCAL_TARGETS))
+            tries[shard].append(run_cli(code, spec))
+    runs = {shard: _median_run(t) for shard, t in tries.items()}
     small, large = runs[shards[0]], runs[shards[1]]
     return {
         "targets": LOCAL_TARGETS,
+        "repeats": max(1, repeats),
         "runs": {str(k): v for k, v in runs.items()},
         "wall_s_per_unit": per_unit(small, large, "wall_s"),
         "driver_cpu_s_per_unit": per_unit(small, large, "driver_cpu_s"),
+    }
+
+
+def _median_run(tries: list[dict]) -> dict:
+    """The medians of wall and driver CPU seconds over the tries, and every try's."""
+    return {
+        "wall_s": statistics.median(t["wall_s"] for t in tries),
+        "driver_cpu_s": statistics.median(t["driver_cpu_s"] for t in tries),
+        "units": tries[0]["units"],
+        "tries_wall_s": [round(t["wall_s"], 3) for t in tries],
+        "tries_driver_cpu_s": [t["driver_cpu_s"] for t in tries],
     }
 
 
@@ -227,6 +251,7 @@ def main() -> None:
     parser.add_argument("--small-shard", type=int, default=4, help="= the batch size")
     parser.add_argument("--large-shard", type=int, default=256)
     parser.add_argument("--plan-max", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per local shard size")
     parser.add_argument(
         "--parts", default="s3,local,planning", help="which measurements (comma-separated)"
     )
@@ -252,7 +277,7 @@ def main() -> None:
         if "s3" in parts:
             result["s3"] = s3_runs(args.code, base, args.samples, shards)
         if "local" in parts:
-            result["local"] = local_runs(args.code, base, args.samples, shards)
+            result["local"] = local_runs(args.code, base, args.samples, shards, args.repeats)
         if "planning" in parts:
             sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= args.plan_max]
             result["planning"] = planning(args.code, base, sizes)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from heatjob.store.encode import encoder_for
+from heatjob.store.encode import encoder_for, read_chunks
 
 
 def stored(array: zarr.Array, key: str) -> bytes | None:
@@ -93,3 +93,34 @@ def test_a_units_targets_padded_to_the_last_chunk_are_the_bytes_zarr_writes(tmp_
     assert stored(targets, "t/c/2") == encoder.encode(padded)
     targets[0:4] = [3, 1, 4, 1]
     assert stored(targets, "t/c/0") == encoder.encode(np.array([3, 1, 4, 1], np.int32))
+
+
+def test_chunks_read_back_whole_are_what_zarr_reads(tmp_path):
+    """read_chunks: one entry per chunk, fetched and decoded by heatjob, equal to zarr's
+    own reading, the fill value where no object is, and where one does not decode."""
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    logits = root.create_array(
+        "logits", shape=(5, 3, 2), dtype="float32", chunks=(1, 3, 2), fill_value=np.nan
+    )
+    values = np.random.default_rng(3).standard_normal((5, 3, 2)).astype(np.float32)
+    logits[0], logits[1], logits[3] = values[0], values[1], values[3]
+    records = root.create_array("record", shape=(5,), dtype=str, chunks=(1,), fill_value="")
+    records[1], records[2] = '{"a": "\u00e9"}', "x"
+    for array in (logits, records):
+        np.testing.assert_array_equal(read_chunks(array, 0, 5), array[:])
+        np.testing.assert_array_equal(read_chunks(array, 1, 3), array[1:3])
+    cut = tmp_path / "s.zarr" / "record" / "c" / "2"
+    cut.write_bytes(cut.read_bytes()[:3])
+    assert read_chunks(records, 0, 5).tolist() == ["", '{"a": "\u00e9"}', "", "", ""]
+    assert np.isnan(read_chunks(logits, 2, 3)).all()
+
+
+def test_chunks_read_back_from_another_store_kind_go_through_its_get(tmp_path):
+    """The same through a store that is not a folder (here zarr's MemoryStore; S3 in
+    tests/test_object_store.py): the objects fetched concurrently by key."""
+    root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    logits = root.create_array(
+        "logits", shape=(4, 2, 3), dtype="float32", chunks=(1, 2, 3), fill_value=np.nan
+    )
+    logits[1:3] = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    np.testing.assert_array_equal(read_chunks(logits, 0, 4), logits[:])

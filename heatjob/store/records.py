@@ -28,7 +28,7 @@ from zarr.core.sync import sync
 
 from heatjob.job.plan import Unit
 from heatjob.store import schema
-from heatjob.store.encode import ChunkEncoder, encoder_for
+from heatjob.store.encode import ChunkEncoder, encoder_for, read_chunks
 from heatjob.store.layout import failure_records, owned_starts
 from heatjob.store.location import open_group
 from heatjob.store.units import unit_checksum
@@ -200,9 +200,9 @@ def parsed_records(root: zarr.Group, start: int = 0, stop: int | None = None) ->
     the unit is redone)."""
     array = root[schema.UNIT_RECORD]
     stop = array.shape[0] if stop is None else stop
-    try:
-        texts = array[start:stop].tolist()
-    except Exception:  # one bad chunk: read them one by one
+    try:  # heatjob's own chunks: one that does not decode reads as ""
+        texts = read_chunks(array, start, stop).tolist()
+    except Exception:  # another codec chain, through zarr, and one bad chunk: one by one
         texts = []
         for u in range(start, stop):
             try:
@@ -324,7 +324,7 @@ def owned_logits(
     out = root[schema.SAMPLE_LOGITS][a:b].astype(np.float32)
     if not recorded.any():
         return out
-    per_unit = root[schema.UNIT_LOGITS][first_unit : first_unit + len(recorded)]
+    per_unit = read_chunks(root[schema.UNIT_LOGITS], first_unit, first_unit + len(recorded))
     for i in np.flatnonzero(recorded):
         first, end = int(starts[i]), int(starts[i + 1])
         lo, hi = max(first, a), min(end, b)
