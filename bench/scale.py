@@ -13,7 +13,9 @@ the difference in units is the cost of one unit:
   from /proc for the CLI's own process: Ray's processes are not in it), on a local folder,
   with `targets = "predicted:1"` (one row per image, so both runs compute the same
   batches; the S3 runs keep `labels`, whose units split samples); each local run
-  `--repeats` times, the medians taken;
+  `--repeats` times, the medians taken. Where the code records when each unit started and
+  its seconds in the model (units/record `started`, `compute`), also the units' wall time
+  beyond compute, per unit: free of Ray's start and of the model's run-to-run noise;
 - planning: `prepare` + `create_store` of a synthetic job of 10^4 .. `--plan-max` samples,
   in a subprocess each (seconds, the driver process's peak RSS); from 50,000 samples the
   annotations are read in Ray tasks on a local Ray, as `heatjob submit` reads them.
@@ -140,26 +142,55 @@ def local_runs(
             store = base / f"local-{shard}.zarr"
             shutil.rmtree(store, ignore_errors=True)
             spec.write_text(spec_toml(str(store), shard, samples, None, LOCAL_TARGETS))
-            tries[shard].append(run_cli(code, spec))
+            tries[shard].append(run_cli(code, spec) | units_phase(store))
     runs = {shard: _median_run(t) for shard, t in tries.items()}
     small, large = runs[shards[0]], runs[shards[1]]
-    return {
+    out = {
         "targets": LOCAL_TARGETS,
         "repeats": max(1, repeats),
         "runs": {str(k): v for k, v in runs.items()},
         "wall_s_per_unit": per_unit(small, large, "wall_s"),
         "driver_cpu_s_per_unit": per_unit(small, large, "driver_cpu_s"),
     }
+    if "beyond_compute_s" in small:
+        out["beyond_compute_s_per_unit"] = per_unit(small, large, "beyond_compute_s")
+    return out
+
+
+def units_phase(store: Path) -> dict:
+    """From the done records (a code that writes `started` and `compute`): the span from
+    the first unit's start to the last one's record, and how much of it was not in the
+    model (loading, writing, the calls between units). Ray's start, the imports, the
+    actor's set-up and the final copy are outside it, and so is the model's own
+    run-to-run noise, which a difference of total wall times carries."""
+    import zarr
+
+    texts = zarr.open_group(store, mode="r")["units/record"][:].tolist()
+    records = [json.loads(t) for t in texts if t]
+    if not records or "compute" not in records[0]:
+        return {}
+    first = min(r["started"] for r in records)
+    last = max(r["started"] + r["seconds"] for r in records)
+    compute = sum(r["compute"] for r in records)
+    return {
+        "span_s": last - first,
+        "compute_s": compute,
+        "beyond_compute_s": last - first - compute,
+    }
 
 
 def _median_run(tries: list[dict]) -> dict:
     """The medians of wall and driver CPU seconds over the tries, and every try's."""
-    return {
-        "wall_s": statistics.median(t["wall_s"] for t in tries),
-        "driver_cpu_s": statistics.median(t["driver_cpu_s"] for t in tries),
+    out = {
+        key: statistics.median(t[key] for t in tries)
+        for key in ("wall_s", "driver_cpu_s", "span_s", "compute_s", "beyond_compute_s")
+        if key in tries[0]
+    }
+    return out | {
         "units": tries[0]["units"],
         "tries_wall_s": [round(t["wall_s"], 3) for t in tries],
         "tries_driver_cpu_s": [t["driver_cpu_s"] for t in tries],
+        "tries_beyond_compute_s": [round(t.get("beyond_compute_s", 0), 3) for t in tries],
     }
 
 

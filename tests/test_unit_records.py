@@ -153,7 +153,11 @@ def test_a_worker_writes_its_units_records_itself_in_a_constant_number_of_reques
     assert (unit_records.attempts == 1).all() and unit_records.failures == {}
     assert set(unit_records.pid.tolist()) == {os.getpid()}
     record = json.loads(str(root["units/record"][3]))
-    assert set(record) == {"host", "node", "pid", "attempts", "checksum", "failures", "seconds"}
+    assert set(record) == {
+        *("host", "node", "pid", "attempts", "checksum", "failures"),
+        *("seconds", "started", "compute"),
+    }
+    assert 0 < record["compute"] <= record["seconds"] and record["started"] > 1.7e9
 
     writable = zarr.open_group(spec.store.path, mode="r+")
     assemble.write_sample_arrays(writable)

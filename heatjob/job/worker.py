@@ -216,7 +216,7 @@ class UnitWorker:
         then: the first batch of the unit the driver expects to send next, loaded while
         this one is written (plan.first_batch).
         """
-        start = time.perf_counter()
+        start, started = time.perf_counter(), time.time()
         done = self.explain(rows_sample, rows_target, owned, then)
         _test_hold(unit)
         _test_fault(unit)
@@ -233,8 +233,9 @@ class UnitWorker:
         owned_logits = owned_logits.astype(np.float32)
         writer = this_process(self.node)
         if self.writer.owns_records:
+            seconds, compute = time.perf_counter() - start, done.compute_seconds
             record = done_record(
-                writer, attempts, checksum, done.failures, time.perf_counter() - start
+                writer, attempts, checksum, done.failures, seconds, started, compute
             )
             self.writer.write_records(unit, owned_logits, done.chosen_targets, record)
         return UnitResult(
@@ -280,6 +281,11 @@ class Explained:
     seconds: dict[str, float]  # load (in the loader thread), forward, explain
     inputs: dict = field(default_factory=dict)  # sample -> its input on the device
     targets: np.ndarray | None = None  # each row's target
+
+    @property
+    def compute_seconds(self) -> float:
+        """Wall seconds in the model: forward and LRP passes, not loading."""
+        return self.seconds["forward"] + self.seconds["explain"]
 
 
 class _Timer:

@@ -172,9 +172,17 @@ def put_shard(array: zarr.Array, index: int, values: np.ndarray) -> None:
 
 
 def done_record(
-    writer: Writer, attempts: int, checksum: int, failures: Mapping[int, str], seconds: float
+    writer: Writer,
+    attempts: int,
+    checksum: int,
+    failures: Mapping[int, str],
+    seconds: float,
+    started: float = 0.0,
+    compute: float = 0.0,
 ) -> dict:
-    """What units/record holds for a finished unit (docs/store.md)."""
+    """What units/record holds for a finished unit (docs/store.md). seconds: the unit's
+    wall time in its worker, up to this record; started: when it began (seconds since
+    the epoch); compute: the part of `seconds` in the model (forward and LRP passes)."""
     return {
         "host": writer.host,
         "node": writer.node,
@@ -183,6 +191,8 @@ def done_record(
         "checksum": int(checksum),
         "failures": {str(sample): reason for sample, reason in sorted(failures.items())},
         "seconds": round(seconds, 6),
+        "started": round(started, 6),
+        "compute": round(compute, 6),
     }
 
 
