@@ -404,7 +404,7 @@ def make_store(path, n_samples=24, shard=8, seed=0, heatmaps=None):
     for i, c in enumerate(COMPOSITES):
         maps = heatmaps[c] if heatmaps and c in heatmaps else blob_heatmaps(root, i, seed)
         root[f"heatmaps/{c}"][:] = maps
-    n, k = job.arrays["labels"].shape
+    n, k = job.labels.shape
     root["samples/logits"][:] = np.random.default_rng(seed).standard_normal((n, k))
     root["units/done"][:] = True
     return root

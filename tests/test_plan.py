@@ -44,7 +44,7 @@ def test_units_cover_rows_once_and_samples_are_owned_once(targets, shard_size):
 
 @pytest.mark.parametrize("targets", ["labels", "all", "predicted:2"])
 def test_rows_from_a_label_matrix_match_rows_from_label_lists(targets):
-    """Planning from the (N, C) matrix the annotation blocks return is planning from
+    """Planning from an (N, C) matrix (what tests and benchmarks pass) is planning from
     per-sample class lists, written out by hand here."""
     rng = np.random.default_rng(7)
     matrix = rng.random((50, 4)) < 0.3

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from heatjob.data import open_job_dataset
 from heatjob.data.base import Dataset, read_record_range
 from heatjob.data.geometry import input_geometry, transform_boxes
+from heatjob.job.plan import Labels
 from heatjob.spec import JobSpec
 
 BLOCK_SAMPLES = 10_000  # samples per block: a task long enough to be worth starting
@@ -29,7 +30,9 @@ class Annotations:
     """The samples' annotations as arrays (boxes in heatmap pixels)."""
 
     ids: np.ndarray  # (N,) str
-    labels: np.ndarray  # (N, C) bool
+    # the classes present as (sample, class) pairs, sorted, without repeats (Labels)
+    label_sample: np.ndarray  # (L,) int64
+    label_class: np.ndarray  # (L,) int32
     sizes: np.ndarray  # (N, 2) int32: height, width of the original image
     boxes_xyxy: np.ndarray  # (B, 4) float32
     boxes_sample: np.ndarray  # (B,) int64
@@ -41,6 +44,9 @@ class Annotations:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def labels(self, num_classes: int) -> Labels:
+        return Labels(len(self), num_classes, self.label_sample, self.label_class)
+
 
 def read_block(
     dataset: Dataset, spec: JobSpec, num_classes: int, start: int, stop: int
@@ -49,11 +55,10 @@ def read_block(
     failures: dict[int, str] = {}
     records = read_record_range(dataset, start, stop, failures)
     ds = spec.dataset
-    labels = np.zeros((len(records), num_classes), dtype=bool)
+    labels = Labels.of([r.labels for r in records], num_classes)
     boxes, box_sample, box_class, box_difficult = [], [], [], []
     cropped_away = 0
     for i, record in enumerate(records):
-        labels[i, list(record.labels)] = True
         # a box the crop cuts away leaves the sample's boxes; the sample keeps its labels
         geometry = input_geometry(
             record.height, record.width, ds.image_size, ds.resize, ds.resize_to
@@ -66,7 +71,8 @@ def read_block(
         box_difficult.append(record.box_difficult[kept])
     return Annotations(
         ids=np.array([r.id for r in records], dtype=str),
-        labels=labels,
+        label_sample=start + labels.sample,
+        label_class=labels.klass,
         sizes=np.array([(r.height, r.width) for r in records], dtype=np.int32).reshape(-1, 2),
         boxes_xyxy=np.concatenate(boxes or [np.zeros((0, 4))]).astype(np.float32),
         boxes_sample=np.concatenate(box_sample or [np.zeros(0)]).astype(np.int64),
@@ -81,7 +87,8 @@ def join(blocks: Sequence[Annotations]) -> Annotations:
     """Consecutive blocks as one."""
     return Annotations(
         ids=np.concatenate([b.ids for b in blocks]),
-        labels=np.concatenate([b.labels for b in blocks]),
+        label_sample=np.concatenate([b.label_sample for b in blocks]),
+        label_class=np.concatenate([b.label_class for b in blocks]),
         sizes=np.concatenate([b.sizes for b in blocks]),
         boxes_xyxy=np.concatenate([b.boxes_xyxy for b in blocks]),
         boxes_sample=np.concatenate([b.boxes_sample for b in blocks]),

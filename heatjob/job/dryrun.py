@@ -70,7 +70,7 @@ class DryRun:
         """The small arrays, uncompressed: ids, sizes, labels, logits, boxes, rows, units."""
         a, n = self.job.arrays, len(self.job.sample_ids)
         ids = int(np.char.str_len(self.job.sample_ids).sum()) + 4 * n
-        per_sample = 8 + a["labels"].shape[1] * 5  # size, labels, float32 logits
+        per_sample = 8 + self.job.num_classes * 5  # size, labels, float32 logits
         boxes = len(a["boxes_sample"]) * (8 + 4 + 16 + 1)
         return ids + n * per_sample + boxes + self.job.plan.n_rows * 12
 

@@ -45,24 +45,70 @@ class Plan:
         return len(self.rows_sample)
 
 
+@dataclass(frozen=True)
+class Labels:
+    """The classes present in each sample as (sample, class) pairs, sorted by sample then
+    class, without repeats: what planning and the store's samples/labels are made from.
+    Pairs, not the (N, C) bool matrix, which is 10 GB at 10^7 samples and 1000 classes."""
+
+    n_samples: int
+    n_classes: int
+    sample: np.ndarray  # (L,) int64
+    klass: np.ndarray  # (L,) int32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_samples, self.n_classes
+
+    @classmethod
+    def of(cls, labels: Labels | np.ndarray | Sequence[Sequence[int]], num_classes: int) -> Labels:
+        """From pairs, a (N, C) bool matrix, or per sample a sequence of class indices."""
+        if isinstance(labels, Labels):
+            return labels
+        if isinstance(labels, np.ndarray) and labels.dtype == bool and labels.ndim == 2:
+            sample, klass = np.nonzero(labels)  # by sample, then class
+            n, c = labels.shape
+            return cls(n, c, sample.astype(np.int64), klass.astype(np.int32))
+        sample = np.repeat(np.arange(len(labels)), np.array([len(x) for x in labels], np.int64))
+        klass = np.fromiter((int(c) for x in labels for c in x), np.int64, len(sample))
+        return cls.from_pairs(len(labels), num_classes, sample, klass)
+
+    @classmethod
+    def from_pairs(cls, n_samples: int, n_classes: int, sample, klass) -> Labels:
+        """From (sample, class) pairs in any order, repeats allowed."""
+        sample, klass = np.asarray(sample, np.int64), np.asarray(klass, np.int64)
+        if len(klass) and (klass.min() < 0 or klass.max() >= n_classes):
+            raise ValueError(f"a class index outside 0 .. {n_classes - 1}")
+        key = np.unique(sample * n_classes + klass)  # sorted: by sample, then class
+        return cls(n_samples, n_classes, key // n_classes, (key % n_classes).astype(np.int32))
+
+    def dense(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(stop - start, C) bool: samples start .. stop as a matrix."""
+        stop = self.n_samples if stop is None else stop
+        lo, hi = np.searchsorted(self.sample, [start, stop])
+        block = np.zeros((stop - start, self.n_classes), dtype=bool)
+        block[self.sample[lo:hi] - start, self.klass[lo:hi]] = True
+        return block
+
+
 def plan_rows(
-    labels: np.ndarray | Sequence[Sequence[int]],
+    labels: Labels | np.ndarray | Sequence[Sequence[int]],
     targets: str,
     num_classes: int,
     skip: np.ndarray | Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows for each sample, ordered by sample then (for labels) class.
 
-    labels: (N, C) bool, the classes present in each sample (or, per sample, the classes
-    present as a sequence of ints).
+    labels: the classes present in each sample (Labels, or what Labels.of takes).
     targets: "labels", "all" or "predicted:K".
     skip: samples that get no rows (their annotation could not be read).
     """
-    labels = label_matrix(labels, num_classes)
-    n = len(labels)
+    labels = Labels.of(labels, num_classes)
+    n = labels.n_samples
     kept = np.ones(n, bool) if skip is None else ~np.asarray(skip, dtype=bool).reshape(n)
     if targets == "labels":
-        rows_sample, rows_target = np.nonzero(labels & kept[:, None])  # by sample, then class
+        keep = kept[labels.sample]
+        rows_sample, rows_target = labels.sample[keep], labels.klass[keep]
     elif targets == "all" or targets.startswith("predicted:"):
         per = num_classes if targets == "all" else min(int(targets.split(":")[1]), num_classes)
         rows_sample = np.repeat(np.flatnonzero(kept), per)
@@ -71,16 +117,6 @@ def plan_rows(
     else:
         raise ValueError(f"unknown targets mode {targets!r}")
     return rows_sample.astype(np.int64), rows_target.astype(np.int32)
-
-
-def label_matrix(labels: np.ndarray | Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
-    """(N, C) bool from a matrix or from per-sample sequences of class indices."""
-    if isinstance(labels, np.ndarray) and labels.dtype == bool and labels.ndim == 2:
-        return labels
-    matrix = np.zeros((len(labels), num_classes), dtype=bool)
-    for i, sample_labels in enumerate(labels):
-        matrix[i, list(map(int, sample_labels))] = True
-    return matrix
 
 
 def effective_shard_size(shard_size: int, targets: str, num_classes: int) -> int:
@@ -113,7 +149,7 @@ def auto_shard_size(n_rows: int, bytes_per_row: float) -> int:
 
 
 def make_plan(
-    labels: np.ndarray | Sequence[Sequence[int]],
+    labels: Labels | np.ndarray | Sequence[Sequence[int]],
     targets: str,
     num_classes: int,
     shard_size: int,

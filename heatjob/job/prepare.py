@@ -19,7 +19,7 @@ from heatjob.attribution.lrp import composite_names, ensure_supported
 from heatjob.data import open_job_dataset
 from heatjob.errors import DataError, SpecError
 from heatjob.job.annotations import MapBlocks, read_annotations
-from heatjob.job.plan import Plan, auto_shard_size, plan_rows, plan_units
+from heatjob.job.plan import Labels, Plan, auto_shard_size, plan_rows, plan_units
 from heatjob.models import build_model, file_sha256
 from heatjob.spec import JobSpec, with_overrides
 from heatjob.store.layout import stored_shard_size
@@ -32,7 +32,8 @@ class PreparedJob:
     classes: list[str]
     has_boxes: bool
     plan: Plan
-    arrays: dict[str, np.ndarray]
+    labels: Labels  # the classes present in each sample, as pairs
+    arrays: dict[str, np.ndarray]  # sizes and boxes
     sample_ids: np.ndarray  # (N,) str
     checkpoint_sha256: str
     failures: dict[int, str]  # samples whose annotation could not be read: index -> reason
@@ -106,7 +107,7 @@ def prepare(
     failures = notes.failures
     job = job_from_arrays(
         spec,
-        notes.labels,
+        notes.labels(num_classes),
         classes=classes,
         sample_ids=notes.ids,
         sizes=notes.sizes,
@@ -179,7 +180,7 @@ def resolve_shard_size(spec: JobSpec, n_rows: int, store_shard_size: int = 0) ->
 
 def job_from_arrays(
     spec: JobSpec,
-    labels: np.ndarray,
+    labels: Labels | np.ndarray,
     *,
     classes: list[str] | None = None,
     sample_ids: list[str] | None = None,
@@ -197,12 +198,13 @@ def job_from_arrays(
     """A prepared job from annotation arrays: what `prepare` builds from a data set, and
     what benchmarks and tests build to make a real store of known contents.
 
-    labels: (N, C) bool, classes present per sample. Boxes are in heatmap pixels; absent
-    arrays mean no boxes, sample ids "0", "1", ... and sizes of image_size.
+    labels: classes present per sample, as Labels or an (N, C) bool matrix. Boxes are in
+    heatmap pixels; absent arrays mean no boxes, sample ids "0", "1", ... and sizes of image_size.
     store_shard_size: the shard_size an automatic one keeps (resolve_shard_size).
     The job's spec holds the shard_size the rows were split by.
     """
-    labels = np.asarray(labels, dtype=bool)
+    if not isinstance(labels, Labels):
+        labels = Labels.of(np.asarray(labels, dtype=bool), 0)
     n, num_classes = labels.shape
     failures = dict(failures or {})
     targets = spec.attribution.targets
@@ -216,7 +218,6 @@ def job_from_arrays(
     size = spec.dataset.image_size
     arrays = {
         "sizes": np.full((n, 2), size, np.int32) if sizes is None else np.asarray(sizes, np.int32),
-        "labels": labels,
         "boxes_xyxy": np.asarray(
             np.zeros((0, 4)) if boxes_xyxy is None else boxes_xyxy, np.float32
         ).reshape(-1, 4),
@@ -233,6 +234,7 @@ def job_from_arrays(
         classes=list(classes) if classes is not None else [str(c) for c in range(num_classes)],
         has_boxes=has_boxes,
         plan=plan,
+        labels=labels,
         arrays=arrays,
         sample_ids=np.asarray(sample_ids if sample_ids is not None else np.arange(n), dtype=str),
         checkpoint_sha256=checkpoint_sha256,

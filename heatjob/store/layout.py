@@ -26,7 +26,7 @@ import zarr
 
 import heatjob
 from heatjob.errors import HeatjobError
-from heatjob.job.plan import PENDING_TARGET
+from heatjob.job.plan import PENDING_TARGET, Labels
 from heatjob.store import schema
 from heatjob.store.curves import create_curves
 from heatjob.store.location import Location, open_group, redact
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from heatjob.job.prepare import PreparedJob
 
 _BLOCK = 4096  # chunk length of the small 1-D/2-D arrays the driver writes
+_LABEL_BYTES = 64_000_000  # samples/labels written this much at a time
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,11 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
     """
     spec, plan, a = job.spec, job.plan, job.arrays
     root = open_group(spec.store.path, "w", spec.store.storage_options)
-    n_samples, n_classes = a["labels"].shape
+    n_samples, n_classes = job.labels.shape
     # variable-length UTF-8: the string type Zarr v3 specifies
     small_array(root, schema.SAMPLE_ID, np.asarray(job.sample_ids, dtype=str), dtype=str)
     small_array(root, schema.SAMPLE_SIZE, np.asarray(a["sizes"], dtype=np.int32))
-    small_array(root, schema.SAMPLE_LABELS, np.asarray(a["labels"], dtype=bool))
+    write_labels(root, job.labels)
     root.create_array(
         schema.SAMPLE_LOGITS,
         shape=(n_samples, n_classes),
@@ -170,6 +171,24 @@ def create_store(job: PreparedJob, attrs: dict[str, Any] | None = None) -> zarr.
     add_unit_records(root, plan, n_samples, n_classes)
     root.attrs[schema.ROOT_ATTRIBUTE] = attrs if attrs is not None else provenance(job)
     return root
+
+
+def write_labels(root: zarr.Group, labels: Labels) -> None:
+    """samples/labels from the (sample, class) pairs, about 64 MB of the matrix at a time:
+    at 10^7 samples and 1000 classes the whole matrix would be 10 GB."""
+    n, c = labels.shape
+    array = root.create_array(
+        schema.SAMPLE_LABELS,
+        shape=(n, c),
+        dtype=bool,
+        chunks=(max(1, min(_BLOCK, n)), c),
+        dimension_names=schema.DIMENSIONS[schema.SAMPLE_LABELS],
+    )
+    step = _BLOCK * max(1, _LABEL_BYTES // (_BLOCK * max(c, 1)))
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        if (block := labels.dense(a, b)).any():  # all-False chunks read as the fill anyway
+            array[a:b] = block
 
 
 def small_array(
