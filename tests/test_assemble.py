@@ -9,9 +9,10 @@ import pytest
 import zarr
 from factories import synthetic_spec
 
+from heatjob.eval import merge
 from heatjob.job.plan import owned_samples
 from heatjob.job.prepare import job_from_arrays
-from heatjob.store import assemble, schema
+from heatjob.store import assemble, records, schema
 from heatjob.store.layout import create_store
 from heatjob.store.records import COPIED_ATTRIBUTE, UnitWriter, Writer, done_record
 
@@ -76,3 +77,19 @@ def test_assembled_arrays_hold_what_the_records_say(tmp_path, monkeypatch, block
     hosts = again[schema.UNIT_HOST][:].tolist()
     assert hosts == ["h" if expected["pid"][u] > 0 else "" for u in range(units)]
     assert again.attrs[COPIED_ATTRIBUTE] == {"units_done": int(expected["done"].sum())}
+
+
+@pytest.mark.parametrize("block", [2, 5, 4096])
+def test_target_logits_read_a_block_of_samples_at_a_time_are_the_records(
+    tmp_path, monkeypatch, block
+):
+    """merge's scores before the copy: each row's target logit, through the units' records
+    one block of samples at a time (rows in any order, samples repeated)."""
+    root, expected = written_store(tmp_path / "s.zarr")
+    monkeypatch.setattr(records, "BLOCK_SAMPLES", block)
+    rng = np.random.default_rng(block)
+    sample, target = rng.integers(0, N_SAMPLES, 60), rng.integers(0, N_CLASSES, 60)
+    scores = merge._scores(root, sample, target)
+    np.testing.assert_array_equal(scores, expected["logits"][sample, target])
+    assert np.isnan(scores).any() and not np.isnan(scores).all()  # unit 2 wrote no record
+    np.testing.assert_array_equal(records.sample_logits(root), expected["logits"])

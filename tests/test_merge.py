@@ -16,8 +16,9 @@ import zarr
 from factories import COMPOSITES, make_store
 
 from heatjob.eval import metrics as M
-from heatjob.eval.merge import merge
+from heatjob.eval.merge import RowBoxes, merge, row_geometry, scored_rows
 from heatjob.eval.report import format_table
+from heatjob.store import records
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,45 @@ def test_per_row_arrays_match_a_naive_reading(merged):
     # composite 1 points at another class's box where there is one: less discriminative
     assert report.metrics["EpsilonPlusFlat"]["class_discriminativity"] > 0.2
     assert report.metrics["cmp-a2b1-flat"]["class_discriminativity"] < -0.2
+
+
+def test_row_geometry_reads_labels_and_logits_a_block_of_samples_at_a_time(merged, monkeypatch):
+    """Other-class flags and scores from blocks of 5 samples are those of the whole
+    matrices, computed here from samples/labels and samples/logits read whole."""
+    root = zarr.open_group(str(merged[0]), mode="r")
+    monkeypatch.setattr(records, "BLOCK_SAMPLES", 5)
+    rows = row_geometry(root)
+    labels, logits = root["samples/labels"][:], root["samples/logits"][:]
+    assert rows.n_samples > 5 and len(rows.rows) > 0
+    others = labels[rows.sample].sum(axis=1) - labels[rows.sample, rows.target]
+    np.testing.assert_array_equal(rows.other_class, others > 0)
+    assert rows.other_class.any() and not rows.other_class.all()
+    np.testing.assert_array_equal(rows.score, logits[rows.sample, rows.target])
+    assert (rows.n_samples, rows.n_classes) == labels.shape
+
+
+def test_row_boxes_are_each_rows_boxes_by_loops():
+    """Scored rows and their boxes, as two offsets a row, against a loop over every box:
+    rows without a box of their class, or with a target still pending (-1), are not
+    scored; a row's boxes keep the store's order."""
+    rng = np.random.default_rng(4)
+    box_sample = rng.integers(0, 12, 40)
+    box_class = rng.integers(0, 4, 40)
+    xyxy = rng.random((40, 4)).astype(np.float32)
+    rows_sample = np.sort(rng.integers(0, 14, 50))
+    rows_target = rng.integers(-1, 4, 50)
+    rows = scored_rows(rows_sample, rows_target, box_sample, box_class)
+    pairs = set(zip(box_sample.tolist(), box_class.tolist(), strict=True))
+    expected = [r for r in range(50) if (rows_sample[r], rows_target[r]) in pairs]
+    assert rows.tolist() == expected and 0 < len(expected) < 50
+    sample, target = rows_sample[rows], rows_target[rows]
+    boxes, others = RowBoxes.of(sample, target, box_sample, box_class, xyxy)
+    assert len(boxes) == len(others) == len(rows)
+    for i, (s_, t) in enumerate(zip(sample, target, strict=True)):
+        here = box_sample == s_
+        np.testing.assert_array_equal(boxes[i], xyxy[here & (box_class == t)])
+        np.testing.assert_array_equal(others[i], xyxy[here & (box_class != t)])
+    assert [len(b) for b in others] == [len(others[i]) for i in range(len(rows))]
 
 
 def test_json_keeps_the_contract_shape_and_attrs_hold_the_rest(merged):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from heatjob.eval import aggregate, metrics
 from heatjob.eval.faithfulness_merge import score_curves
 from heatjob.store import schema
 from heatjob.store.layout import StoreInfo, consolidate, open_store, write_row_array
-from heatjob.store.records import done_units, sample_failures, sample_logits
+from heatjob.store.records import by_sample_block, done_units, logit_reader, sample_failures
 from heatjob.store.units import store_units
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -43,8 +43,8 @@ class RowGeometry:
     rows: np.ndarray  # (n,) store row index of each scored row
     sample: np.ndarray  # (n,)
     target: np.ndarray  # (n,)
-    boxes: list[np.ndarray]  # per row: the target class's boxes, heatmap px
-    other_boxes: list[np.ndarray]  # per row: the boxes of the sample's other classes
+    boxes: Sequence[np.ndarray]  # per row: the target class's boxes, heatmap px
+    other_boxes: Sequence[np.ndarray]  # per row: the boxes of the sample's other classes
     image_sizes: np.ndarray  # (n, 2) original height, width
     other_class: np.ndarray  # (n,) the sample has a class besides the target
     score: np.ndarray  # (n,) the target logit, to rank boxes for box AP
@@ -77,6 +77,66 @@ def failed_samples(root, n_samples: int) -> np.ndarray:
     return sample_failures(root)
 
 
+@dataclass(frozen=True)
+class RowBoxes(Sequence):
+    """Per row, the boxes of its sample that are of its target class (`same`) or of the
+    other classes, in the store's box order: a view into the boxes sorted by sample, two
+    offsets a row rather than an array each (about 1 kB a row)."""
+
+    xyxy: np.ndarray  # (B, 4) the boxes, sorted by sample (stable)
+    klass: np.ndarray  # (B,) their classes
+    lo: np.ndarray  # (n,) the row's sample's boxes are xyxy[lo:hi]
+    hi: np.ndarray
+    target: np.ndarray  # (n,)
+    same: bool
+
+    @classmethod
+    def of(cls, sample, target, box_sample, box_class, xyxy) -> tuple[RowBoxes, RowBoxes]:
+        """The target-class boxes and the other classes' boxes of rows (sample, target)."""
+        order = np.argsort(box_sample, kind="stable")
+        by_sample = box_sample[order]
+        lo = np.searchsorted(by_sample, sample, side="left")
+        hi = np.searchsorted(by_sample, sample, side="right")
+        view = (xyxy[order], box_class[order], lo, hi, np.asarray(target))
+        return cls(*view, same=True), cls(*view, same=False)
+
+    def __len__(self) -> int:
+        return len(self.lo)
+
+    def __getitem__(self, i):
+        a, b = self.lo[i], self.hi[i]
+        return self.xyxy[a:b][(self.klass[a:b] == self.target[i]) == self.same]
+
+
+def scored_rows(rows_sample, rows_target, box_sample, box_class) -> np.ndarray:
+    """The rows whose target class has a box in their sample (a target still to be chosen,
+    -1, has none)."""
+    width = 1 + max(int(box_class.max(initial=0)), int(rows_target.max(initial=0)))
+    chosen = rows_target >= 0
+    keys = rows_sample * width + np.where(chosen, rows_target, 0)
+    return np.flatnonzero(chosen & np.isin(keys, box_sample * width + box_class))
+
+
+def _other_class(root, sample: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(rows,) bool: the row's sample has a label besides its target, samples/labels read
+    a block of samples at a time."""
+    array = root[schema.SAMPLE_LABELS]
+    out = np.zeros(len(sample), dtype=bool)
+    for at, labels, a in by_sample_block(lambda a, b: array[a:b], array.shape[0], sample):
+        of_rows = labels[sample[at] - a]
+        out[at] = of_rows.sum(axis=1) - of_rows[np.arange(len(at)), target[at]] > 0
+    return out
+
+
+def _scores(root, sample: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(rows,) float32: the target logit of each row, a block of samples at a time."""
+    out = np.full(len(sample), np.nan, dtype=np.float32)
+    n_samples = root[schema.SAMPLE_ID].shape[0]
+    for at, logits, a in by_sample_block(logit_reader(root), n_samples, sample):
+        out[at] = logits[sample[at] - a, target[at]]
+    return out
+
+
 def row_geometry(root) -> RowGeometry:
     """Scored rows and their target boxes, from the store's small arrays.
 
@@ -85,10 +145,9 @@ def row_geometry(root) -> RowGeometry:
     """
     rows_sample = root[schema.ROW_SAMPLE][:]
     rows_target = root[schema.ROW_TARGET][:].astype(np.int64)
-    labels = root[schema.SAMPLE_LABELS][:]
-    logits = sample_logits(root)
+    n_samples, n_classes = root[schema.SAMPLE_LABELS].shape
     sizes = root[schema.SAMPLE_SIZE][:]
-    failed = failed_samples(root, labels.shape[0])
+    failed = failed_samples(root, n_samples)
     box_sample = root[schema.BOX_SAMPLE][:]
     box_class = root[schema.BOX_CLASS][:].astype(np.int64)
     xyxy = root[schema.BOX_XYXY][:]
@@ -96,43 +155,29 @@ def row_geometry(root) -> RowGeometry:
     keep_box = ~failed[box_sample] if len(box_sample) else np.zeros(0, bool)
     box_sample, box_class = box_sample[keep_box], box_class[keep_box]
     xyxy, difficult = xyxy[keep_box], difficult[keep_box]
-    by_key: dict[tuple[int, int], list[int]] = {}
-    by_sample: dict[int, list[int]] = {}
-    for b, key in enumerate(zip(box_sample.tolist(), box_class.tolist(), strict=True)):
-        by_key.setdefault(key, []).append(b)
-        by_sample.setdefault(key[0], []).append(b)
-    scored = [
-        r
-        for r, key in enumerate(zip(rows_sample.tolist(), rows_target.tolist(), strict=True))
-        if key in by_key
-    ]
-    rows = np.asarray(scored, dtype=np.int64)
+    rows = scored_rows(rows_sample, rows_target, box_sample, box_class)
     sample, target = rows_sample[rows], rows_target[rows]
-    n_labels = labels[sample].sum(axis=1)
-    other_boxes = []
-    for s, t in zip(sample.tolist(), target.tolist(), strict=True):
-        others = [b for b in by_sample[s] if box_class[b] != t]
-        other_boxes.append(xyxy[others])
-    with_rows = np.zeros(labels.shape[0], dtype=bool)
+    boxes, other_boxes = RowBoxes.of(sample, target, box_sample, box_class, xyxy)
+    with_rows = np.zeros(n_samples, dtype=bool)
     with_rows[sample] = True
     with_rows[box_sample] = True
     return RowGeometry(
         rows=rows,
         sample=sample,
         target=target,
-        boxes=[xyxy[by_key[(int(s), int(t))]] for s, t in zip(sample, target, strict=True)],
+        boxes=boxes,
         other_boxes=other_boxes,
         image_sizes=sizes[sample],
-        other_class=(n_labels - labels[sample, target].astype(int)) > 0,
-        score=logits[sample, target],
+        other_class=_other_class(root, sample, target),
+        score=_scores(root, sample, target),
         ground_truth={
             "xyxy": xyxy,
             "sample": box_sample,
             "class": box_class,
             "difficult": difficult,
         },
-        n_samples=labels.shape[0],
-        n_classes=labels.shape[1],
+        n_samples=n_samples,
+        n_classes=n_classes,
         failed_samples=int(failed.sum()),
         failed_rows=int(failed[rows_sample].sum()) if len(rows_sample) else 0,
         pool=np.flatnonzero(with_rows & ~failed),

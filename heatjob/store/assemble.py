@@ -21,7 +21,7 @@ import zarr
 from heatjob.store import schema
 from heatjob.store.layout import owned_starts
 from heatjob.store.location import open_group
-from heatjob.store.records import COPIED_ATTRIBUTE, owned_logits, parsed_records
+from heatjob.store.records import COPIED_ATTRIBUTE, owned_logits, owning_units, parsed_records
 
 BLOCK = 4096  # the chunk length of the per-unit and per-sample arrays (layout._BLOCK)
 
@@ -145,9 +145,7 @@ def sample_blocks(
     blocks = []
     for a in range(0, n_samples, BLOCK):
         b = min(a + BLOCK, n_samples)
-        # units u with starts[u] < b and starts[u + 1] > a
-        first = int(np.searchsorted(starts[1:], a, side="right"))
-        last = int(np.searchsorted(starts[:-1], b, side="left"))
+        first, last = owning_units(starts, a, b)
         mine = by_block.get(a // BLOCK, {})
         blocks.append(
             SampleBlock(a, b, first, starts[first : last + 1], recorded[first:last], mine)

@@ -33,6 +33,8 @@ from heatjob.store.layout import failure_records, owned_starts
 from heatjob.store.location import open_group
 from heatjob.store.units import unit_checksum
 
+BLOCK_SAMPLES = 4096  # samples read at a time by by_sample_block (the arrays' chunk)
+
 
 @dataclass(frozen=True)
 class Writer:
@@ -314,14 +316,45 @@ def _done(root: zarr.Group, records: list[dict | None] | None) -> np.ndarray:
 def sample_logits(root: zarr.Group, texts: list[dict | None] | None = None) -> np.ndarray:
     """(N, C) float32: every sample's logits (NaN where not computed yet or failed);
     `texts`: format 2's parsed records, when the caller has read them already."""
+    n_samples = root[schema.SAMPLE_ID].shape[0]
+    return logit_reader(root, texts)(0, n_samples)
+
+
+def logit_reader(root: zarr.Group, texts: list[dict | None] | None = None):
+    """read(a, b) -> (b - a, C) float32: the logits of samples a .. b, as sample_logits."""
     if store_format(root) < 2 or COPIED_ATTRIBUTE in root.attrs:
-        return root[schema.SAMPLE_LOGITS][:]
+        return lambda a, b: root[schema.SAMPLE_LOGITS][a:b]
     info = root.attrs[schema.ROOT_ATTRIBUTE]
     n_samples = root[schema.SAMPLE_ID].shape[0]
     starts = owned_starts(root[schema.ROW_SAMPLE][:], int(info["shard_size"]), n_samples)
     records = parsed_records(root) if texts is None else texts
     recorded = np.array([r is not None for r in records], dtype=bool)
-    return owned_logits(root, 0, n_samples, 0, starts, recorded)
+
+    def read(a: int, b: int) -> np.ndarray:
+        first, last = owning_units(starts, a, b)
+        return owned_logits(root, a, b, first, starts[first : last + 1], recorded[first:last])
+
+    return read
+
+
+def owning_units(starts: np.ndarray, a: int, b: int) -> tuple[int, int]:
+    """Units first .. last own samples a .. b, where unit u owns starts[u] .. starts[u + 1]:
+    those with starts[u] < b and starts[u + 1] > a."""
+    first = int(np.searchsorted(starts[1:], a, side="right"))
+    return first, int(np.searchsorted(starts[:-1], b, side="left"))
+
+
+def by_sample_block(read, n_samples: int, sample: np.ndarray, block: int | None = None):
+    """For each block a .. b of `block` samples that holds some of `sample`: (positions,
+    values, a), values = read(a, b) and positions the entries of `sample` in the block, at
+    values[sample[positions] - a]. One block read at a time, never all N samples."""
+    block = block or BLOCK_SAMPLES
+    order = np.argsort(sample, kind="stable")
+    ordered = sample[order]
+    for a in range(0, n_samples, block):
+        lo, hi = np.searchsorted(ordered, [a, a + block])
+        if lo < hi:
+            yield order[lo:hi], read(a, min(a + block, n_samples)), a
 
 
 def owned_logits(
