@@ -14,11 +14,18 @@ the difference in units is the cost of one unit:
   with `targets = "predicted:1"` (one row per image, so both runs compute the same
   batches; the S3 runs keep `labels`, whose units split samples); each local run
   `--repeats` times, the medians taken. Where the code records when each unit started and
-  its seconds in the model (units/record `started`, `compute`), also the units' wall time
-  beyond compute, per unit: free of Ray's start and of the model's run-to-run noise;
+  its seconds in the model (units/record `started`, `compute`), also the wall time beyond
+  compute per unit, twice: of the whole run (its wall time less the units' model time:
+  free of the model's run-to-run noise) and of the units' span (first start to last
+  record: free of Ray's start and the final copy too);
 - planning: `prepare` + `create_store` of a synthetic job of 10^4 .. `--plan-max` samples,
   in a subprocess each (seconds, the driver process's peak RSS); from 50,000 samples the
-  annotations are read in Ray tasks on a local Ray, as `heatjob submit` reads them.
+  annotations are read in Ray tasks on a local Ray, as `heatjob submit` reads them;
+- many classes: a job of `--classes-samples` samples over `--classes` classes, one label
+  and one box a sample (ImageNet's shape), built from arrays (`job_from_arrays`,
+  `create_store`) and then the rows merge scores read back (`row_geometry`), each in a
+  subprocess (seconds, the process's RSS before and its peak): what the (N, C) label and
+  logit matrices cost the driver.
 
 `--code DIR` runs another checkout's heatjob (PYTHONPATH=DIR), so that one invocation of
 this file measures the code before and after a change alike.
@@ -142,7 +149,10 @@ def local_runs(
             store = base / f"local-{shard}.zarr"
             shutil.rmtree(store, ignore_errors=True)
             spec.write_text(spec_toml(str(store), shard, samples, None, LOCAL_TARGETS))
-            tries[shard].append(run_cli(code, spec) | units_phase(store))
+            run = run_cli(code, spec) | units_phase(store)
+            if "compute_s" in run:  # the whole run's wall time less the units' model time
+                run["wall_beyond_compute_s"] = run["wall_s"] - run["compute_s"]
+            tries[shard].append(run)
     runs = {shard: _median_run(t) for shard, t in tries.items()}
     small, large = runs[shards[0]], runs[shards[1]]
     out = {
@@ -154,6 +164,7 @@ def local_runs(
     }
     if "beyond_compute_s" in small:
         out["beyond_compute_s_per_unit"] = per_unit(small, large, "beyond_compute_s")
+        out["wall_beyond_compute_s_per_unit"] = per_unit(small, large, "wall_beyond_compute_s")
     return out
 
 
@@ -183,7 +194,14 @@ def _median_run(tries: list[dict]) -> dict:
     """The medians of wall and driver CPU seconds over the tries, and every try's."""
     out = {
         key: statistics.median(t[key] for t in tries)
-        for key in ("wall_s", "driver_cpu_s", "span_s", "compute_s", "beyond_compute_s")
+        for key in (
+            "wall_s",
+            "driver_cpu_s",
+            "span_s",
+            "compute_s",
+            "beyond_compute_s",
+            "wall_beyond_compute_s",
+        )
         if key in tries[0]
     }
     return out | {
@@ -191,6 +209,7 @@ def _median_run(tries: list[dict]) -> dict:
         "tries_wall_s": [round(t["wall_s"], 3) for t in tries],
         "tries_driver_cpu_s": [t["driver_cpu_s"] for t in tries],
         "tries_beyond_compute_s": [round(t.get("beyond_compute_s", 0), 3) for t in tries],
+        "tries_wall_beyond_compute_s": [round(t.get("wall_beyond_compute_s", 0), 3) for t in tries],
     }
 
 
@@ -257,6 +276,56 @@ print(json.dumps({"samples": n, "rows": job.plan.n_rows, "prepare_s": t1 - t0,
 """
 
 
+CLASSES_SCRIPT = r"""
+import json, resource, sys, time
+import numpy as np
+phase, n, c, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if phase == "plan":
+    from heatjob.job.prepare import job_from_arrays
+    from heatjob.spec import parse_spec
+    from heatjob.store.layout import create_store
+    spec = parse_spec({"dataset": {"kind": "synthetic", "num_samples": n, "image_size": 32},
+        "model": {"arch": "small_cnn", "num_classes": c},
+        "attribution": {"composites": ["EpsilonPlusFlat"]},
+        "store": {"path": path}, "run": {"shard_size": 256}}, source="bench")
+    klass = np.random.default_rng(0).integers(0, c, n)
+    before = rss(); t0 = time.perf_counter()
+    try:  # the annotations as pairs (code before that: the (N, C) matrix)
+        from heatjob.job.plan import Labels
+        labels = Labels.from_pairs(n, c, np.arange(n), klass)
+    except ImportError:
+        labels = np.zeros((n, c), dtype=bool)
+        labels[np.arange(n), klass] = True
+    job = job_from_arrays(spec, labels, boxes_xyxy=np.tile([4.0, 4.0, 20.0, 20.0], (n, 1)),
+        boxes_sample=np.arange(n), boxes_class=klass)
+    create_store(job)
+    out = {"rows": job.plan.n_rows}
+else:
+    import zarr
+    from heatjob.eval.merge import row_geometry
+    root = zarr.open_group(path, mode="r")
+    before = rss(); t0 = time.perf_counter()
+    out = {"rows": len(row_geometry(root).rows)}
+print(json.dumps({"phase": phase, "samples": n, "classes": c, **out,
+    "seconds": time.perf_counter() - t0, "rss_before_mb": before, "peak_rss_mb": rss()}))
+"""
+
+
+def many_classes(code: Path, base: Path, samples: int, classes: int) -> list[dict]:
+    """The plan then merge's rows of a job with many classes, each phase a subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    path = str(base / "classes.zarr")
+    out = []
+    for phase in ("plan", "rows"):
+        argv = [sys.executable, "-c", CLASSES_SCRIPT, phase, str(samples), str(classes), path]
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=code)
+        if result.returncode:
+            raise SystemExit(f"{phase}: {result.stderr.strip().splitlines()[-1]}")
+        out.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def planning(code: Path, base: Path, sizes: list[int]) -> list[dict]:
     out = []
     env = {**os.environ, "PYTHONPATH": str(code)}
@@ -282,9 +351,11 @@ def main() -> None:
     parser.add_argument("--small-shard", type=int, default=4, help="= the batch size")
     parser.add_argument("--large-shard", type=int, default=256)
     parser.add_argument("--plan-max", type=int, default=100_000)
+    parser.add_argument("--classes-samples", type=int, default=1_000_000)
+    parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="runs per local shard size")
     parser.add_argument(
-        "--parts", default="s3,local,planning", help="which measurements (comma-separated)"
+        "--parts", default="s3,local,planning,classes", help="which measurements (comma-separated)"
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -312,6 +383,8 @@ def main() -> None:
         if "planning" in parts:
             sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= args.plan_max]
             result["planning"] = planning(args.code, base, sizes)
+        if "classes" in parts:
+            result["classes"] = many_classes(args.code, base, args.classes_samples, args.classes)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"scale-{args.label}" if args.label else "scale"
