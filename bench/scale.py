@@ -25,7 +25,11 @@ the difference in units is the cost of one unit:
   and one box a sample (ImageNet's shape), built from arrays (`job_from_arrays`,
   `create_store`) and then the rows merge scores read back (`row_geometry`), each in a
   subprocess (seconds, the process's RSS before and its peak): what the (N, C) label and
-  logit matrices cost the driver.
+  logit matrices cost the driver;
+- merge throughput: `heatjob merge STORE -q --bootstrap 200` through the CLI on a store of
+  `--merge-rows` rows (one composite and the two baselines, bench/metrics_bench.py's
+  store), in one process and with `--workers 1` and `--workers 2` (each starting a local
+  Ray, whose start is in its wall time): seconds and rows/s.
 
 `--code DIR` runs another checkout's heatjob (PYTHONPATH=DIR), so that one invocation of
 this file measures the code before and after a change alike.
@@ -326,6 +330,29 @@ def many_classes(code: Path, base: Path, samples: int, classes: int) -> list[dic
     return out
 
 
+def merge_runs(code: Path, base: Path, rows: int, size: int = 128) -> list[dict]:
+    """`heatjob merge` of one store in one process, then on 1 and 2 Ray workers."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from metrics_bench import write_store
+
+    path = base / "merge.zarr"
+    write_store(str(path), rows, size)
+    env = {**os.environ, "PYTHONPATH": str(code), "RAY_ADDRESS": ""}
+    out = []
+    modes = [("in process", []), ("--workers 1", ["--workers", "1"])]
+    for mode, extra in modes + [("--workers 2", ["--workers", "2"])]:
+        argv = [sys.executable, "-m", "heatjob.cli", "merge", str(path), "-q"]
+        started = time.perf_counter()
+        result = subprocess.run(
+            argv + ["--bootstrap", "200"] + extra, capture_output=True, text=True, env=env
+        )
+        wall = time.perf_counter() - started
+        if result.returncode:
+            raise SystemExit(f"merge {mode}: {result.stderr.strip()[-2000:]}")
+        out.append({"mode": mode, "rows": rows, "wall_s": wall, "rows_per_s": rows / wall})
+    return out
+
+
 def planning(code: Path, base: Path, sizes: list[int]) -> list[dict]:
     out = []
     env = {**os.environ, "PYTHONPATH": str(code)}
@@ -353,9 +380,12 @@ def main() -> None:
     parser.add_argument("--plan-max", type=int, default=100_000)
     parser.add_argument("--classes-samples", type=int, default=1_000_000)
     parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--merge-rows", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3, help="runs per local shard size")
     parser.add_argument(
-        "--parts", default="s3,local,planning,classes", help="which measurements (comma-separated)"
+        "--parts",
+        default="s3,local,planning,classes,merge",
+        help="which measurements (comma-separated)",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -383,6 +413,8 @@ def main() -> None:
         if "planning" in parts:
             sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= args.plan_max]
             result["planning"] = planning(args.code, base, sizes)
+        if "merge" in parts:
+            result["merge"] = merge_runs(args.code, base, args.merge_rows)
         if "classes" in parts:
             result["classes"] = many_classes(args.code, base, args.classes_samples, args.classes)
     args.out.mkdir(parents=True, exist_ok=True)
