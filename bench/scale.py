@@ -339,8 +339,11 @@ def merge_runs(code: Path, base: Path, rows: int, size: int = 128) -> list[dict]
     write_store(str(path), rows, size)
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_ADDRESS": ""}
     out = []
-    modes = [("in process", []), ("--workers 1", ["--workers", "1"])]
-    for mode, extra in modes + [("--workers 2", ["--workers", "2"])]:
+    for mode, extra in (
+        ("in process", []),
+        ("--workers 1", ["--workers", "1"]),
+        ("--workers 2", ["--workers", "2"]),
+    ):
         argv = [sys.executable, "-m", "heatjob.cli", "merge", str(path), "-q"]
         started = time.perf_counter()
         result = subprocess.run(
