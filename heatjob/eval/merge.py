@@ -81,7 +81,7 @@ def failed_samples(root, n_samples: int) -> np.ndarray:
 class RowBoxes(Sequence):
     """Per row, the boxes of its sample that are of its target class (`same`) or of the
     other classes, in the store's box order: a view into the boxes sorted by sample, two
-    offsets a row rather than an array each (about 1 kB a row)."""
+    offsets a row rather than an array each."""
 
     xyxy: np.ndarray  # (B, 4) the boxes, sorted by sample (stable)
     klass: np.ndarray  # (B,) their classes

@@ -62,7 +62,9 @@ class Labels:
 
     @classmethod
     def of(cls, labels: Labels | np.ndarray | Sequence[Sequence[int]], num_classes: int) -> Labels:
-        """From pairs, a (N, C) bool matrix, or per sample a sequence of class indices."""
+        """From pairs, a (N, C) bool matrix, or per sample a sequence of class indices
+        (the pairs and the matrix carry their own number of classes; `num_classes` is for
+        the sequences)."""
         if isinstance(labels, Labels):
             return labels
         if isinstance(labels, np.ndarray) and labels.dtype == bool and labels.ndim == 2:
